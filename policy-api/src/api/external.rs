@@ -1,0 +1,174 @@
+//! Handlers of the external (user-facing) API.
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::error::{ApiError, json_body};
+use super::extract::{Admin, Version, Writer};
+use crate::mapper::{self, ApiVersion};
+use crate::policy::{Policy, PolicyFilter};
+use crate::state::AppState;
+use crate::{authz, cleanup as cleaner, quota, uptime};
+
+/// Largest request body, as upstream: 10 MiB.
+pub const BODY_LIMIT: usize = 10 << 20;
+
+pub async fn uptime(State(state): State<AppState>) -> Response {
+    let mut resp =
+        format!("Network policy server, up for {}\n", uptime::go_duration(state.started.elapsed())).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+pub async fn health(State(state): State<AppState>) -> Response {
+    match state.store.check().await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "check database failed");
+            ApiError::internal("check database failed").into_response()
+        }
+    }
+}
+
+pub async fn whoami(_v: Version, Admin(caller): Admin) -> Response {
+    let body = serde_json::to_vec(&serde_json::json!({ "subject": caller.display_name() })).expect("serialisable");
+    json_body(StatusCode::OK, body)
+}
+
+async fn read_body(body: Body, message: &'static str) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| ApiError::bad_request(message))
+}
+
+fn empty_ok() -> Response {
+    json_body(StatusCode::OK, b"{}".to_vec())
+}
+
+async fn guard(state: &AppState, caller: &crate::auth::Identity, policies: &[Policy]) -> Result<(), ApiError> {
+    match authz::may_change(&state.cc, caller, policies).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ApiError::forbidden("one or more applications cannot be found or accessed")),
+        Err(e) => {
+            tracing::error!(error = %e, "check access failed");
+            Err(ApiError::internal("check access failed"))
+        }
+    }
+}
+
+pub async fn create_policies(
+    State(state): State<AppState>,
+    Version(version): Version,
+    Writer(caller): Writer,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, "failed reading request body").await?;
+    let policies = mapper::policies_from_body(&bytes, version).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    guard(&state, &caller, &policies).await?;
+    if !caller.is_admin() {
+        let apps = quota::apps_to_count(&policies);
+        let existing = state.store.count_by_source(&apps).await.map_err(|e| {
+            tracing::error!(error = %e, "check quota failed");
+            ApiError::internal("check quota failed")
+        })?;
+        if quota::exceeded(&existing, &policies, state.settings.max_policies_per_app_source) {
+            return Err(ApiError::forbidden("policy quota exceeded"));
+        }
+    }
+    state.store.create(&policies).await.map_err(|e| {
+        tracing::error!(error = %e, "database create failed");
+        ApiError::internal("database create failed")
+    })?;
+    tracing::info!(policies = policies.len(), userName = caller.display_name(), "created-policies");
+    tracing::debug!(policies = ?policies, "created-policies");
+    Ok(empty_ok())
+}
+
+pub async fn delete_policies(
+    State(state): State<AppState>,
+    Version(version): Version,
+    Writer(caller): Writer,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, "invalid request body").await?;
+    let policies = mapper::policies_from_body(&bytes, version).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    guard(&state, &caller, &policies).await?;
+    state.store.delete(&policies).await.map_err(|e| {
+        tracing::error!(error = %e, "database delete failed");
+        ApiError::internal("database delete failed")
+    })?;
+    tracing::info!(policies = policies.len(), userName = caller.display_name(), "deleted-policies");
+    tracing::debug!(policies = ?policies, "deleted-policies");
+    Ok(empty_ok())
+}
+
+/// First value of each of `id`, `source_id`, `dest_id` (upstream ignores repeats).
+pub fn filter_from_query(query: Option<&str>) -> PolicyFilter {
+    let mut id = None;
+    let mut source = None;
+    let mut dest = None;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let slot = match k.as_ref() {
+            "id" => &mut id,
+            "source_id" => &mut source,
+            "dest_id" => &mut dest,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some(v.into_owned());
+        }
+    }
+    PolicyFilter::from_query(id.as_deref(), source.as_deref(), dest.as_deref())
+}
+
+pub async fn list_policies(
+    State(state): State<AppState>,
+    Version(version): Version,
+    Writer(caller): Writer,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let filter = filter_from_query(query.as_deref());
+    let tagged = state.store.list(&filter).await.map_err(|e| {
+        tracing::error!(error = %e, "database read failed");
+        ApiError::internal("database read failed")
+    })?;
+    let policies: Vec<Policy> = tagged.into_iter().map(|t| t.policy).collect();
+    let visible = authz::visible(&state.cc, &caller, policies, |p| p).await.map_err(|e| {
+        tracing::error!(error = %e, "filter policies failed");
+        ApiError::internal("filter policies failed")
+    })?;
+    let body = match version {
+        ApiVersion::V1 => mapper::list_v1(&visible),
+        ApiVersion::V0 => mapper::list_v0(&visible),
+    };
+    Ok(json_body(StatusCode::OK, body))
+}
+
+pub async fn cleanup(State(state): State<AppState>, _v: Version, Admin(_caller): Admin) -> Result<Response, ApiError> {
+    let stale = cleaner::run_once(&state.store, &state.cc).await.map_err(|e| {
+        tracing::error!(error = %e, "policies cleanup failed");
+        ApiError::internal("policies cleanup failed")
+    })?;
+    // Always the v1 shape, also under /v0/, as upstream.
+    Ok(json_body(StatusCode::OK, mapper::list_v1(&stale)))
+}
+
+pub async fn tags(State(state): State<AppState>, _v: Version, Admin(_caller): Admin) -> Result<Response, ApiError> {
+    let tags = state.store.tags().await.map_err(|e| {
+        tracing::error!(error = %e, "database read failed");
+        ApiError::internal("database read failed")
+    })?;
+    let body = serde_json::to_vec(&serde_json::json!({ "tags": tags })).expect("serialisable");
+    Ok(json_body(StatusCode::OK, body))
+}
+
+/// CORS pre-flight: no authentication, empty body.
+pub async fn preflight(State(_state): State<AppState>, _headers: HeaderMap, allow_methods: String) -> Response {
+    let mut resp = StatusCode::OK.into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&allow_methods) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
+    }
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization"));
+    resp
+}

@@ -1,0 +1,67 @@
+//! Around every routed request: request id, structured log span, Prometheus metrics,
+//! upstream's security headers and CORS origin echo.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+use super::EXTERNAL_ROUTES;
+use crate::state::AppState;
+
+pub const REQUEST_ID: &str = "x-vcap-request-id";
+
+fn route_name(path: &str, method: &Method) -> &'static str {
+    EXTERNAL_ROUTES.iter().find(|r| r.path == path && r.method == method.as_str()).map(|r| r.name).unwrap_or("Other")
+}
+
+pub async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let preflight = method == Method::OPTIONS;
+
+    // OPTIONS is answered outside upstream's logging wrapper: no request id, no metric.
+    let request_id = (!preflight).then(|| {
+        let fresh = uuid::Uuid::new_v4().to_string();
+        match req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            Some(incoming) if !incoming.is_empty() => format!("{incoming}::{fresh}"),
+            _ => fresh,
+        }
+    });
+    let span = tracing::info_span!("request", request_guid = request_id.as_deref().unwrap_or(""), method = %method, path = %path);
+    let mut resp = next.run(req).instrument(span.clone()).await;
+
+    let h = resp.headers_mut();
+    h.insert("x-xss-protection", HeaderValue::from_static("1; mode=block"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("deny"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'"));
+    if state.settings.tls {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    }
+    let cors = &state.settings.allowed_cors_domains;
+    if cors.iter().any(|d| d == "*") {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    } else if let Some(origin) = origin
+        && origin.to_str().is_ok_and(|o| cors.iter().any(|d| d == o))
+    {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    }
+    if let Some(id) = request_id {
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            h.insert(REQUEST_ID, v);
+        }
+        let name = route_name(&path, &method);
+        let status = resp.status().as_u16().to_string();
+        let elapsed = started.elapsed().as_secs_f64();
+        metrics::counter!("c2c_http_requests_total", "route" => name, "status" => status).increment(1);
+        metrics::histogram!("c2c_http_request_duration_seconds", "route" => name).record(elapsed);
+        span.in_scope(|| tracing::debug!(status = resp.status().as_u16(), elapsed_ms = elapsed * 1e3, "done"));
+    }
+    resp
+}

@@ -1,0 +1,126 @@
+//! The HTTP surface: the route table (the one list the router is built from and the spec is
+//! checked against), the external handlers and the middleware around them.
+
+pub mod error;
+pub mod external;
+pub mod extract;
+pub mod middleware;
+
+use axum::Router;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, options, post};
+
+use crate::state::AppState;
+
+/// One served route. `path` uses `{version}` for the API version segment; every such path
+/// exists for `v0` and `v1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Upstream's name, also the metric label.
+    pub name: &'static str,
+    pub method: &'static str,
+    pub path: &'static str,
+}
+
+const fn route(name: &'static str, method: &'static str, path: &'static str) -> Route {
+    Route { name, method, path }
+}
+
+/// The external API, in upstream's registration order (which fixes the order of methods in
+/// CORS `Access-Control-Allow-Methods`).
+pub const EXTERNAL_ROUTES: &[Route] = &[
+    route("Uptime", "GET", "/"),
+    route("Uptime", "GET", "/networking"),
+    route("Health", "GET", "/health"),
+    route("WhoAmI", "GET", "/networking/{version}/external/whoami"),
+    route("CreatePolicies", "POST", "/networking/{version}/external/policies"),
+    route("DeletePolicies", "POST", "/networking/{version}/external/policies/delete"),
+    route("PoliciesIndex", "GET", "/networking/{version}/external/policies"),
+    route("Cleanup", "POST", "/networking/{version}/external/policies/cleanup"),
+    route("TagsIndex", "GET", "/networking/{version}/external/tags"),
+];
+
+/// Routes of the metrics listener.
+pub const METRICS_ROUTES: &[Route] = &[route("Metrics", "GET", "/metrics")];
+
+/// Every distinct path of `routes`, each with its methods in order, plus OPTIONS.
+pub fn paths_with_methods(routes: &[Route]) -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    for r in routes {
+        match out.iter_mut().find(|(p, _)| *p == r.path) {
+            Some((_, methods)) => methods.push(r.method),
+            None => out.push((r.path, vec![r.method])),
+        }
+    }
+    out
+}
+
+fn handler(name: &str, method: &str) -> MethodRouter<AppState> {
+    match (name, method) {
+        ("Uptime", _) => get(external::uptime),
+        ("Health", _) => get(external::health),
+        ("WhoAmI", _) => get(external::whoami),
+        ("CreatePolicies", _) => post(external::create_policies),
+        ("DeletePolicies", _) => post(external::delete_policies),
+        ("PoliciesIndex", _) => get(external::list_policies),
+        ("Cleanup", _) => post(external::cleanup),
+        ("TagsIndex", _) => get(external::tags),
+        (other, m) => unreachable!("route table names {m} {other} without a handler"),
+    }
+}
+
+/// The external API router. Unknown paths get Go's `404 page not found`, known paths with
+/// another method a `405` with `Allow`.
+pub fn router(state: AppState) -> Router {
+    let mut router: Router<AppState> = Router::new();
+    for (path, methods) in paths_with_methods(EXTERNAL_ROUTES) {
+        let mut method_router: MethodRouter<AppState> = MethodRouter::new();
+        for m in &methods {
+            let name = EXTERNAL_ROUTES.iter().find(|r| r.path == path && r.method == *m).map(|r| r.name).unwrap_or("");
+            method_router = method_router.merge(handler(name, m));
+        }
+        let allow = methods.iter().copied().chain(["OPTIONS"]).collect::<Vec<_>>().join(",");
+        method_router = method_router.merge(options(move |state, headers| external::preflight(state, headers, allow)));
+        router = router.route(path, method_router);
+    }
+    router
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::observe))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    text(StatusCode::NOT_FOUND, "404 page not found\n")
+}
+
+async fn method_not_allowed() -> Response {
+    text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// The metrics listener: Prometheus text at `/metrics`.
+pub fn metrics_router(handle: metrics_exporter_prometheus::PrometheusHandle) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move {
+                let mut resp = handle.render().into_response();
+                resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                resp
+            }
+        }),
+    )
+}
+
+/// Whether `method` is one the route table knows (used in tests).
+pub fn is_known_method(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::POST | Method::OPTIONS)
+}

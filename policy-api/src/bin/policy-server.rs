@@ -1,0 +1,156 @@
+//! `policy-server`: the c2c control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use policy_api::config::{Config, LogFormat, Secret, TokenVerification};
+use policy_api::{Server, dev};
+
+/// c2c policy server: Cloud Foundry's network policy API, compatible with the cf CLI's
+/// network-policy commands.
+///
+/// Quick start on a laptop (insecure, in memory, fake UAA and Cloud Controller):
+///
+///     policy-server --dev
+///
+/// In production, write a config file (`policy-server --print-default-config > c2c.toml`,
+/// then edit) and run `policy-server --config c2c.toml`. Flags and C2C_* environment
+/// variables override the file.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about, verbatim_doc_comment)]
+struct Args {
+    /// TOML config file; every key is optional (see docs/policy-server-config.md).
+    #[arg(short, long, env = "C2C_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Local development mode: 127.0.0.1, in-memory SQLite, built-in UAA and Cloud
+    /// Controller doubles, prints an admin token. Never use in production.
+    #[arg(long)]
+    dev: bool,
+
+    /// Print the default config file and exit.
+    #[arg(long)]
+    print_default_config: bool,
+
+    /// External API listen address [default: 0.0.0.0:4002; 127.0.0.1:4002 with --dev].
+    #[arg(long, env = "C2C_LISTEN")]
+    listen: Option<SocketAddr>,
+
+    /// Prometheus metrics listen address [default: 127.0.0.1:31821].
+    #[arg(long, env = "C2C_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+
+    /// Database URL: sqlite://PATH?mode=rwc, postgres://USER@HOST/DB or mysql://USER@HOST/DB.
+    #[arg(long, env = "C2C_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+
+    /// UAA base URL.
+    #[arg(long, env = "C2C_UAA_URL")]
+    uaa_url: Option<String>,
+
+    /// The server's UAA client secret (prefer the environment variable to the flag).
+    #[arg(long, env = "C2C_UAA_CLIENT_SECRET", hide_env_values = true)]
+    uaa_client_secret: Option<String>,
+
+    /// How tokens are verified.
+    #[arg(long, env = "C2C_TOKEN_VERIFICATION", value_enum)]
+    token_verification: Option<TokenVerification>,
+
+    /// Cloud Controller base URL.
+    #[arg(long, env = "C2C_CC_URL")]
+    cc_url: Option<String>,
+
+    /// Log filter: error, warn, info, debug, trace.
+    #[arg(long, env = "C2C_LOG_LEVEL")]
+    log_level: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "C2C_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn apply(args: &Args, config: &mut Config) {
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.metrics_listen {
+        config.metrics_listen = Some(v);
+    }
+    if let Some(v) = &args.database_url {
+        config.database_url = v.clone();
+    }
+    if let Some(v) = &args.uaa_url {
+        config.uaa.url = v.clone();
+    }
+    if let Some(v) = &args.uaa_client_secret {
+        config.uaa.client_secret = Secret(v.clone());
+    }
+    if let Some(v) = args.token_verification {
+        config.uaa.verification = v;
+    }
+    if let Some(v) = &args.cc_url {
+        config.cloud_controller.url = v.clone();
+    }
+    if let Some(v) = &args.log_level {
+        config.log_level = v.clone();
+    }
+    if let Some(v) = args.log_format {
+        config.log_format = v;
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{}", Config::default_toml());
+        return Ok(());
+    }
+
+    let mut dev_world = None;
+    let mut config = if args.dev {
+        let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4002)));
+        let world = dev::start(listen).await.context("starting the UAA and Cloud Controller doubles")?;
+        let config = world.config.clone();
+        dev_world = Some(world);
+        config
+    } else {
+        match &args.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        }
+    };
+    apply(&args, &mut config);
+    config.validate()?;
+    init_logging(&config);
+
+    let server = Server::start(&config).await.context("starting policy-server")?;
+    if let Some(world) = &dev_world {
+        eprintln!("{}", dev::banner(world, &server.url(), server.metrics_addr));
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}

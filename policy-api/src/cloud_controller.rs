@@ -1,0 +1,235 @@
+//! Cloud Controller v3 lookups (app → space, a user's space-developer roles), made with the
+//! server's own UAA client-credentials token. Answers are cached for `cache_ttl` (default
+//! 10 s) so a burst of requests by one user costs Cloud Controller one lookup.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+/// Cloud Controller's `/v3/apps` answers at most this many guids per page in our requests.
+const CHUNK: usize = 100;
+
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum CcError {
+    #[error("getting a client token from UAA failed: {0}")]
+    Token(String),
+    #[error("Cloud Controller request failed: {0}")]
+    Request(String),
+}
+
+/// The server's own token from UAA (client_credentials), reused until shortly before expiry.
+pub struct ClientToken {
+    http: reqwest::Client,
+    url: String,
+    client_id: String,
+    client_secret: String,
+    cached: Mutex<Option<(String, Instant)>>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    expires_in: u64,
+}
+
+impl ClientToken {
+    pub fn new(http: reqwest::Client, uaa_url: &str, client_id: &str, client_secret: &str) -> Self {
+        ClientToken {
+            http,
+            url: format!("{}/oauth/token", uaa_url.trim_end_matches('/')),
+            client_id: client_id.to_string(),
+            client_secret: client_secret.to_string(),
+            cached: Mutex::new(None),
+        }
+    }
+
+    pub async fn get(&self) -> Result<String, CcError> {
+        let mut cached = self.cached.lock().await;
+        if let Some((token, until)) = cached.as_ref()
+            && Instant::now() < *until
+        {
+            return Ok(token.clone());
+        }
+        let resp = self
+            .http
+            .post(&self.url)
+            .basic_auth(&self.client_id, Some(&self.client_secret))
+            .form(&[("grant_type", "client_credentials"), ("client_id", self.client_id.as_str())])
+            .send()
+            .await
+            .map_err(|e| CcError::Token(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(CcError::Token(format!("UAA answered {}", resp.status())));
+        }
+        let answer: TokenAnswer = resp.json().await.map_err(|e| CcError::Token(e.to_string()))?;
+        // Renew a minute early so a token never expires on its way to Cloud Controller.
+        let lifetime = Duration::from_secs(answer.expires_in.saturating_sub(60));
+        *cached = Some((answer.access_token.clone(), Instant::now() + lifetime));
+        Ok(answer.access_token)
+    }
+}
+
+#[derive(Deserialize)]
+struct Page<T> {
+    pagination: Pagination,
+    resources: Vec<T>,
+}
+
+#[derive(Deserialize)]
+struct Pagination {
+    next: Option<Link>,
+}
+
+#[derive(Deserialize)]
+struct Link {
+    href: String,
+}
+
+#[derive(Deserialize)]
+struct AppResource {
+    guid: String,
+    relationships: AppRelationships,
+}
+
+#[derive(Deserialize)]
+struct AppRelationships {
+    space: ToOne,
+}
+
+#[derive(Deserialize)]
+struct ToOne {
+    data: Option<GuidRef>,
+}
+
+#[derive(Deserialize)]
+struct GuidRef {
+    guid: String,
+}
+
+#[derive(Deserialize)]
+struct RoleResource {
+    relationships: RoleRelationships,
+}
+
+#[derive(Deserialize)]
+struct RoleRelationships {
+    space: Option<ToOne>,
+}
+
+pub struct CloudController {
+    http: reqwest::Client,
+    base: String,
+    token: ClientToken,
+    app_spaces: Cache<String, Option<String>>,
+    developer_spaces: Cache<String, Arc<HashSet<String>>>,
+}
+
+impl CloudController {
+    pub fn new(http: reqwest::Client, base: &str, token: ClientToken, cache_ttl: Duration) -> Self {
+        CloudController {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            app_spaces: Cache::builder().max_capacity(200_000).time_to_live(cache_ttl).build(),
+            developer_spaces: Cache::builder().max_capacity(50_000).time_to_live(cache_ttl).build(),
+        }
+    }
+
+    /// GETs every page of a v3 listing. Only `next` links on our own Cloud Controller are
+    /// followed.
+    async fn all_pages<T: for<'de> Deserialize<'de>>(&self, first: String) -> Result<Vec<T>, CcError> {
+        let token = self.token.get().await?;
+        let mut url = first;
+        let mut out = Vec::new();
+        loop {
+            let started = Instant::now();
+            let resp = self
+                .http
+                .get(&url)
+                .header("Authorization", format!("bearer {token}"))
+                .send()
+                .await
+                .map_err(|e| CcError::Request(e.to_string()))?;
+            metrics::histogram!("c2c_cloud_controller_request_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            if !resp.status().is_success() {
+                return Err(CcError::Request(format!("GET {} answered {}", path_of(&url), resp.status())));
+            }
+            let page: Page<T> = resp.json().await.map_err(|e| CcError::Request(format!("bad answer: {e}")))?;
+            out.extend(page.resources);
+            match page.pagination.next {
+                Some(next) if next.href.starts_with(&self.base) => url = next.href,
+                Some(next) => {
+                    return Err(CcError::Request(format!(
+                        "refusing to follow a next link off {}: {}",
+                        self.base, next.href
+                    )));
+                }
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// The space of each app that exists; apps Cloud Controller does not know are absent.
+    /// With `fresh`, the cache is bypassed (the stale-policy cleanup must see the truth).
+    pub async fn app_spaces(&self, apps: &[String], fresh: bool) -> Result<HashMap<String, String>, CcError> {
+        let mut out = HashMap::new();
+        let mut lookup = Vec::new();
+        for app in apps.iter().collect::<HashSet<_>>() {
+            match (fresh, self.app_spaces.get(app).await) {
+                (false, Some(Some(space))) => {
+                    out.insert(app.clone(), space);
+                }
+                (false, Some(None)) => {}
+                _ => lookup.push(app.clone()),
+            }
+        }
+        lookup.sort();
+        for chunk in lookup.chunks(CHUNK) {
+            let mut url =
+                url::Url::parse(&format!("{}/v3/apps", self.base)).map_err(|e| CcError::Request(e.to_string()))?;
+            url.query_pairs_mut().append_pair("guids", &chunk.join(",")).append_pair("per_page", &CHUNK.to_string());
+            let found: Vec<AppResource> = self.all_pages(url.to_string()).await?;
+            let mut seen = HashSet::new();
+            for app in found {
+                if let Some(space) = app.relationships.space.data {
+                    seen.insert(app.guid.clone());
+                    self.app_spaces.insert(app.guid.clone(), Some(space.guid.clone())).await;
+                    out.insert(app.guid, space.guid);
+                }
+            }
+            for app in chunk.iter().filter(|a| !seen.contains(*a)) {
+                self.app_spaces.insert(app.clone(), None).await;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Spaces where `user` (a user GUID or client id) is a space developer.
+    pub async fn developer_spaces(&self, user: &str) -> Result<Arc<HashSet<String>>, CcError> {
+        if let Some(spaces) = self.developer_spaces.get(user).await {
+            return Ok(spaces);
+        }
+        let mut url =
+            url::Url::parse(&format!("{}/v3/roles", self.base)).map_err(|e| CcError::Request(e.to_string()))?;
+        url.query_pairs_mut()
+            .append_pair("types", "space_developer")
+            .append_pair("user_guids", user)
+            .append_pair("per_page", "5000");
+        let roles: Vec<RoleResource> = self.all_pages(url.to_string()).await?;
+        let spaces: HashSet<String> =
+            roles.into_iter().filter_map(|r| r.relationships.space.and_then(|s| s.data).map(|d| d.guid)).collect();
+        let spaces = Arc::new(spaces);
+        self.developer_spaces.insert(user.to_string(), spaces.clone()).await;
+        Ok(spaces)
+    }
+}
+
+fn path_of(url: &str) -> String {
+    url::Url::parse(url).map(|u| u.path().to_string()).unwrap_or_default()
+}

@@ -1,0 +1,235 @@
+//! `policy-server` configuration: a TOML file whose every key has a default (see
+//! `docs/policy-server-config.md`), overridden by command-line flags and `C2C_*` variables.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A value that must not appear in logs or `Debug` output.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"<redacted>\"" })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenVerification {
+    /// Verify JWT signatures locally against UAA's `/token_keys` (default; no UAA call per
+    /// request).
+    #[default]
+    Jwt,
+    /// Ask UAA's `/check_token` about every token (upstream behaviour; revocation takes effect
+    /// at once, at the cost of one UAA round trip per request).
+    CheckToken,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UaaConfig {
+    /// Base URL of UAA, e.g. `https://uaa.service.cf.internal:8443`.
+    pub url: String,
+    /// Expected `iss` claim; default `<url>/oauth/token`.
+    pub issuer: Option<String>,
+    /// The server's own OAuth client (needs `uaa.resource` and
+    /// `cloud_controller.admin_read_only`).
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// PEM file of CAs to trust for UAA, in addition to the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub skip_tls_verify: bool,
+    pub verification: TokenVerification,
+    /// Least time between two `/token_keys` fetches caused by tokens with unknown key ids.
+    pub key_refetch_min_interval_secs: u64,
+    pub request_timeout_secs: u64,
+}
+
+impl Default for UaaConfig {
+    fn default() -> Self {
+        UaaConfig {
+            url: "https://uaa.service.cf.internal:8443".into(),
+            issuer: None,
+            client_id: "network-policy".into(),
+            client_secret: Secret::default(),
+            ca_file: None,
+            skip_tls_verify: false,
+            verification: TokenVerification::Jwt,
+            key_refetch_min_interval_secs: 30,
+            request_timeout_secs: 10,
+        }
+    }
+}
+
+impl UaaConfig {
+    pub fn issuer(&self) -> String {
+        self.issuer.clone().unwrap_or_else(|| format!("{}/oauth/token", self.url.trim_end_matches('/')))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CloudControllerConfig {
+    /// Base URL of Cloud Controller's API.
+    pub url: String,
+    pub ca_file: Option<PathBuf>,
+    pub skip_tls_verify: bool,
+    /// How long app → space and user → spaces answers are reused.
+    pub cache_ttl_secs: u64,
+    pub request_timeout_secs: u64,
+}
+
+impl Default for CloudControllerConfig {
+    fn default() -> Self {
+        CloudControllerConfig {
+            url: "https://cloud-controller-ng.service.cf.internal:9024".into(),
+            ca_file: None,
+            skip_tls_verify: false,
+            cache_ttl_secs: 10,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// External API listen address.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` (and `/health`) listen address; keep it on loopback or a
+    /// management network.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `sqlite://PATH?mode=rwc` (default), `postgres://user@host/db` or `mysql://user@host/db`.
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub database_connect_timeout_secs: u64,
+    /// Bytes per tag: 2 (65,535 apps, the VXLAN GBP maximum) or 1 (255 apps).
+    pub tag_length: u8,
+    /// Most policies one app may be the source of, for non-admins.
+    pub max_policies_per_app_source: u64,
+    /// Let any authenticated user manage policies of apps in spaces where they are a space
+    /// developer, without `network.write`.
+    pub enable_space_developer_self_service: bool,
+    /// Origins allowed by CORS (`*` for any).
+    pub allowed_cors_domains: Vec<String>,
+    /// Minutes between stale-policy cleanups (at least 1).
+    pub cleanup_interval_minutes: u64,
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub uaa: UaaConfig,
+    pub cloud_controller: CloudControllerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4002)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 31821))),
+            database_url: "sqlite:///var/vcap/store/c2c/policy-server.db?mode=rwc".into(),
+            database_max_connections: 20,
+            database_connect_timeout_secs: 30,
+            tag_length: 2,
+            max_policies_per_app_source: 150,
+            enable_space_developer_self_service: false,
+            allowed_cors_domains: Vec::new(),
+            cleanup_interval_minutes: 60,
+            log_level: "info".into(),
+            log_format: LogFormat::Json,
+            uaa: UaaConfig::default(),
+            cloud_controller: CloudControllerConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+    }
+
+    /// Checks what serde cannot; call after all overrides.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if !(1..=2).contains(&self.tag_length) {
+            return bad("tag_length must be 1 or 2 (VXLAN GBP carries 16 bits)");
+        }
+        if self.cleanup_interval_minutes < 1 {
+            return bad("cleanup_interval_minutes must be at least 1");
+        }
+        if self.max_policies_per_app_source < 1 {
+            return bad("max_policies_per_app_source must be at least 1");
+        }
+        if self.database_max_connections < 1 {
+            return bad("database_max_connections must be at least 1");
+        }
+        for (name, url) in [("uaa.url", &self.uaa.url), ("cloud_controller.url", &self.cloud_controller.url)] {
+            if url::Url::parse(url).is_err() {
+                return Err(ConfigError::Invalid(format!("{name} is not a URL: {url:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn cleanup_interval(&self) -> Duration {
+        Duration::from_secs(self.cleanup_interval_minutes * 60)
+    }
+
+    /// The documented default file, generated from the defaults so it cannot drift.
+    pub fn default_toml() -> String {
+        toml::to_string_pretty(&Config::default()).expect("defaults serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_and_validate() {
+        let text = Config::default_toml();
+        let parsed: Config = toml::from_str(&text).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<Config>("listen_port = 4002").is_err());
+        let c: Config = toml::from_str("tag_length = 3").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("tag_length"));
+        let c: Config = toml::from_str("cleanup_interval_minutes = 0").unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let mut c = Config::default();
+        c.uaa.client_secret = Secret("hunter2".into());
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,24 @@
+//! c2c policy server: Cloud Foundry's network policy API (external, UAA-authenticated), its
+//! store and its background work, as an embeddable library. `policy-server` is a thin binary
+//! around [`server::Server`].
+
+pub mod api;
+pub mod auth;
+pub mod authz;
+pub mod cleanup;
+pub mod cloud_controller;
+pub mod config;
+pub mod dev;
+pub mod gojson;
+pub mod mapper;
+pub mod policy;
+pub mod quota;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod uptime;
+
+pub use api::router;
+pub use config::Config;
+pub use server::Server;
+pub use state::AppState;

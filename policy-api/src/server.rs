@@ -1,0 +1,113 @@
+//! Running the policy server: listeners, background cleanup, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::state::{AppState, StartError};
+use crate::{api, cleanup};
+
+/// The process-wide Prometheus recorder (metrics macros write to one global recorder).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .install_recorder()
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle())
+        })
+        .clone()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running policy server. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr, source })
+}
+
+impl Server {
+    /// Connects to the database (running migrations), then serves the external API and the
+    /// metrics listener, and starts the periodic stale-policy cleanup.
+    pub async fn start(config: &Config) -> Result<Server, ServeError> {
+        let handle = prometheus();
+        let state = AppState::from_config(config).await?;
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let listener = bind(config.listen).await?;
+        let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+        tasks.push(spawn_serving(listener, api::router(state.clone()), stopped.clone()));
+
+        let mut metrics_addr = None;
+        if let Some(m) = config.metrics_listen {
+            let listener = bind(m).await?;
+            metrics_addr = listener.local_addr().ok();
+            tasks.push(spawn_serving(listener, api::metrics_router(handle), stopped.clone()));
+        }
+
+        let background =
+            vec![cleanup::spawn_periodic(state.store.clone(), state.cc.clone(), config.cleanup_interval())];
+        tracing::info!(listen_address = %addr, metrics = ?metrics_addr, "starting external server");
+        Ok(Server { addr, metrics_addr, state, stop, tasks, background })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to a minute, as upstream), stops
+    /// background work.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in &self.background {
+            task.abort();
+        }
+        for task in self.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(std::time::Duration::from_secs(60), task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+
+    /// Waits until the server stops (it only stops through [`Server::shutdown`] or an error).
+    pub async fn wait(&mut self) {
+        for task in self.tasks.iter_mut() {
+            let _ = task.await;
+        }
+    }
+}
+
+fn spawn_serving(listener: TcpListener, router: axum::Router, mut stopped: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "server stopped with an error");
+        }
+    })
+}

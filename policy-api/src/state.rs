@@ -1,0 +1,133 @@
+//! Everything a request handler needs, built once from the configuration.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::auth::{Introspection, JwksVerifier, Verifier};
+use crate::cloud_controller::{ClientToken, CloudController};
+use crate::config::{Config, TokenVerification};
+use crate::store::{Store, StoreError, StoreOptions};
+
+/// Settings handlers consult on every request.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_policies_per_app_source: u64,
+    pub self_service: bool,
+    pub allowed_cors_domains: Vec<String>,
+    pub tls: bool,
+}
+
+pub struct Inner {
+    pub store: Store,
+    pub verifier: Verifier,
+    pub cc: Arc<CloudController>,
+    pub settings: Settings,
+    pub started: Instant,
+}
+
+/// Cheap to clone; shared by every request.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("HTTP client for {what}: {message}")]
+    Http { what: &'static str, message: String },
+}
+
+/// An HTTP client for UAA or Cloud Controller, trusting `ca_file` in addition to the system
+/// roots.
+pub fn http_client(
+    what: &'static str,
+    ca_file: Option<&std::path::Path>,
+    skip_verify: bool,
+    timeout: Duration,
+) -> Result<reqwest::Client, StartError> {
+    let err = |message: String| StartError::Http { what, message };
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("c2c-policy-server/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| err(format!("cannot read CA file {}: {e}", path.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| err(format!("CA file {} is not PEM: {e}", path.display())))?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if skip_verify {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    builder.build().map_err(|e| err(e.to_string()))
+}
+
+impl AppState {
+    pub async fn from_config(config: &Config) -> Result<AppState, StartError> {
+        let store = Store::connect(
+            &config.database_url,
+            &StoreOptions {
+                max_connections: config.database_max_connections,
+                connect_timeout: Duration::from_secs(config.database_connect_timeout_secs),
+                tag_length: config.tag_length,
+            },
+        )
+        .await?;
+        let uaa = &config.uaa;
+        let uaa_http = http_client(
+            "UAA",
+            uaa.ca_file.as_deref(),
+            uaa.skip_tls_verify,
+            Duration::from_secs(uaa.request_timeout_secs),
+        )?;
+        let verifier = match uaa.verification {
+            TokenVerification::Jwt => Verifier::Jwks(Arc::new(JwksVerifier::new(
+                uaa_http.clone(),
+                &uaa.url,
+                &uaa.issuer(),
+                Duration::from_secs(uaa.key_refetch_min_interval_secs),
+            ))),
+            TokenVerification::CheckToken => Verifier::Introspection(Arc::new(Introspection::new(
+                uaa_http.clone(),
+                &uaa.url,
+                &uaa.client_id,
+                &uaa.client_secret.0,
+            ))),
+        };
+        let cc_config = &config.cloud_controller;
+        let cc_http = http_client(
+            "Cloud Controller",
+            cc_config.ca_file.as_deref(),
+            cc_config.skip_tls_verify,
+            Duration::from_secs(cc_config.request_timeout_secs),
+        )?;
+        let token = ClientToken::new(uaa_http, &uaa.url, &uaa.client_id, &uaa.client_secret.0);
+        let cc = Arc::new(CloudController::new(
+            cc_http,
+            &cc_config.url,
+            token,
+            Duration::from_secs(cc_config.cache_ttl_secs),
+        ));
+        Ok(AppState(Arc::new(Inner {
+            store,
+            verifier,
+            cc,
+            settings: Settings {
+                max_policies_per_app_source: config.max_policies_per_app_source,
+                self_service: config.enable_space_developer_self_service,
+                allowed_cors_domains: config.allowed_cors_domains.clone(),
+                tls: false,
+            },
+            started: Instant::now(),
+        })))
+    }
+}
