@@ -36,22 +36,18 @@ impl Client {
     }
 }
 
-/// The error body every failing endpoint returns, `{"error": "..."}`, when the call failed
-/// with a documented error response; `None` for transport or decoding failures.
-pub fn error_message<T>(err: &Error<T>) -> Option<&str>
-where
-    T: AsRef<types::Error>,
-{
+/// The message of a documented error answer (`{"error": "..."}`); `None` for transport or
+/// decoding failures.
+pub fn error_message(err: &Error<types::Error>) -> Option<&str> {
     match err {
-        Error::ErrorResponse(resp) => Some(resp.as_ref().as_ref().error.as_str()),
+        Error::ErrorResponse(resp) => Some(resp.error.as_str()),
         _ => None,
     }
 }
 
-impl AsRef<types::Error> for types::Error {
-    fn as_ref(&self) -> &types::Error {
-        self
-    }
+/// The HTTP status of a failed call, when the server answered.
+pub fn error_status<T>(err: &Error<T>) -> Option<u16> {
+    err.status().map(|s| s.as_u16())
 }
 
 impl types::Policy {

@@ -37,8 +37,27 @@ pub async fn whoami(_v: Version, Admin(caller): Admin) -> Response {
     json_body(StatusCode::OK, body)
 }
 
+/// Reads at most [`BODY_LIMIT`] bytes. An oversized body is still drained (up to a cap) so
+/// the client, which is usually still sending, gets to read the 400 instead of a reset.
 async fn read_body(body: Body, message: &'static str) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| ApiError::bad_request(message))
+    use futures::StreamExt;
+    const DRAIN_CAP: usize = 8 * BODY_LIMIT;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ApiError::bad_request(message))?;
+        seen += chunk.len();
+        if seen <= BODY_LIMIT {
+            buf.extend_from_slice(&chunk);
+        } else if seen > DRAIN_CAP {
+            break;
+        }
+    }
+    if seen > BODY_LIMIT {
+        return Err(ApiError::bad_request(message));
+    }
+    Ok(buf.freeze())
 }
 
 fn empty_ok() -> Response {

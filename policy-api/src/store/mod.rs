@@ -76,6 +76,14 @@ impl Default for StoreOptions {
 pub struct Store {
     db: DatabaseConnection,
     tag_length: u8,
+    url: String,
+}
+
+/// The file of a `sqlite://PATH?...` URL; `None` for in-memory databases.
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or("");
+    (!path.is_empty() && !path.starts_with(":memory:") && !url.contains("mode=memory")).then(|| path.to_string())
 }
 
 fn now_ns() -> i64 {
@@ -118,7 +126,7 @@ impl Store {
             });
         }
         let db = Database::connect(opts).await?;
-        let store = Store { db, tag_length: options.tag_length };
+        let store = Store { db, tag_length: options.tag_length, url: url.to_string() };
         store.migrate().await?;
         Ok(store)
     }
@@ -160,8 +168,25 @@ impl Store {
                 let _ = conn.execute("SELECT RELEASE_LOCK('c2c-migrate')").await;
                 result
             }
-            // SQLite takes a file lock for every write transaction; migrations are idempotent.
-            _ => self.migrate_locked().await,
+            _ => {
+                // SQLite: a lock file beside the database serialises processes (and servers
+                // in one process) that start together.
+                let Some(path) = sqlite_path(&self.url) else { return self.migrate_locked().await };
+                let lock_path = format!("{path}.migrate-lock");
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .map_err(|e| StoreError::Lock(format!("{lock_path}: {e}")))?;
+                let file = tokio::task::spawn_blocking(move || file.lock().map(|_| file))
+                    .await
+                    .map_err(|e| StoreError::Lock(e.to_string()))?
+                    .map_err(|e| StoreError::Lock(format!("{lock_path}: {e}")))?;
+                let result = self.migrate_locked().await;
+                let _ = file.unlock();
+                result
+            }
         }
     }
 

@@ -1,0 +1,533 @@
+//! The external API, end to end through the generated client, run against every backend.
+
+use std::collections::HashSet;
+
+use policy_client::types::{self, Policies, PoliciesV0, Policy, PolicyV0, Protocol};
+use policy_client::{ClientInfo, error_message, error_status};
+
+use crate::harness::{Backend, Harness};
+
+fn p(src: &str, dst: &str, proto: Protocol, start: i32, end: i32) -> Policy {
+    Policy::new(src, dst, proto, start, end)
+}
+
+fn body(policies: Vec<Policy>) -> Policies {
+    Policies { policies }
+}
+
+async fn all(client: &policy_client::Client) -> Vec<(String, String, String, i32, i32)> {
+    let list = client.list_policies(None, None, None).await.unwrap().into_inner();
+    assert_eq!(list.total_policies as usize, list.policies.len());
+    list.policies
+        .into_iter()
+        .map(|p| {
+            (
+                p.source.id,
+                p.destination.id,
+                p.destination.protocol.to_string(),
+                p.destination.ports.start,
+                p.destination.ports.end,
+            )
+        })
+        .collect()
+}
+
+pub async fn create_list_and_idempotence(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = h.admin();
+    let req = body(vec![p("app-1", "app-2", Protocol::Tcp, 8080, 8090), p("app-3", "app-3", Protocol::Udp, 53, 53)]);
+    admin.create_policies(&req).await.unwrap();
+    admin.create_policies(&req).await.unwrap();
+    let got = all(&admin).await;
+    assert_eq!(
+        got,
+        vec![
+            ("app-1".into(), "app-2".into(), "tcp".into(), 8080, 8090),
+            ("app-3".into(), "app-3".into(), "udp".into(), 53, 53)
+        ],
+        "listed in creation order, no duplicates"
+    );
+    // v0 hides port ranges and counts only what it shows.
+    let v0 = admin.list_policies_v0(None, None, None).await.unwrap().into_inner();
+    assert_eq!(v0.total_policies, 1);
+    assert_eq!(v0.policies[0].destination.port, 53);
+    // Tags never appear on the external API.
+    let (status, text, headers) = h.raw(&admin, "GET", "/networking/v1/external/policies", vec![]).await;
+    assert_eq!(status, 200);
+    assert!(!text.contains("tag"), "{text}");
+    assert_eq!(headers["content-type"], "application/json");
+}
+
+pub async fn v0_create_and_delete_match_v1(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = h.admin();
+    let v0 = PoliciesV0 {
+        policies: vec![PolicyV0 {
+            source: types::Source { id: "app-1".into(), tag: None },
+            destination: types::DestinationV0 { id: "app-2".into(), tag: None, protocol: Protocol::Tcp, port: 1234 },
+        }],
+    };
+    admin.create_policies_v0(&v0).await.unwrap();
+    assert_eq!(all(&admin).await, vec![("app-1".into(), "app-2".into(), "tcp".into(), 1234, 1234)]);
+    admin.delete_policies_v0(&v0).await.unwrap();
+    assert!(all(&admin).await.is_empty());
+}
+
+pub async fn filters(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = h.admin();
+    admin
+        .create_policies(&body(vec![
+            p("app-1", "app-2", Protocol::Tcp, 1, 1),
+            p("app-2", "app-3", Protocol::Tcp, 2, 2),
+            p("app-3", "app-1", Protocol::Tcp, 3, 3),
+        ]))
+        .await
+        .unwrap();
+    let ports = |l: types::PolicyList| l.policies.iter().map(|p| p.destination.ports.start).collect::<Vec<_>>();
+    assert_eq!(ports(admin.list_policies(None, Some("app-1"), None).await.unwrap().into_inner()), vec![1, 3]);
+    assert_eq!(ports(admin.list_policies(None, None, Some("app-1,app-2")).await.unwrap().into_inner()), vec![1, 2]);
+    assert_eq!(ports(admin.list_policies(Some("app-1"), None, None).await.unwrap().into_inner()), vec![3]);
+    assert_eq!(ports(admin.list_policies(Some("app-3"), None, Some("app-2")).await.unwrap().into_inner()), vec![2]);
+    // `id` wins over the others; an empty value matches nothing.
+    assert_eq!(ports(admin.list_policies(Some("app-3"), Some("app-2"), None).await.unwrap().into_inner()), vec![1, 2]);
+    assert_eq!(ports(admin.list_policies(None, Some(""), None).await.unwrap().into_inner()), Vec::<i32>::new());
+}
+
+pub async fn delete_and_tag_reuse(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = h.admin();
+    admin
+        .create_policies(&body(vec![
+            p("app-1", "app-2", Protocol::Tcp, 1, 1),
+            p("app-3", "app-1", Protocol::Tcp, 2, 2),
+        ]))
+        .await
+        .unwrap();
+    let tags = admin.list_tags().await.unwrap().into_inner().tags;
+    let pairs: Vec<(String, String, String)> = tags.into_iter().map(|t| (t.id, t.tag, t.type_)).collect();
+    assert_eq!(
+        pairs,
+        vec![
+            ("app-1".into(), "01".into(), "app".into()),
+            ("app-2".into(), "02".into(), "app".into()),
+            ("app-3".into(), "03".into(), "app".into())
+        ]
+    );
+    // Deleting what does not exist is fine and changes nothing.
+    admin.delete_policies(&body(vec![p("app-1", "app-2", Protocol::Udp, 1, 1)])).await.unwrap();
+    admin.delete_policies(&body(vec![p("nope", "app-2", Protocol::Tcp, 1, 1)])).await.unwrap();
+    assert_eq!(all(&admin).await.len(), 2);
+    // app-2 is in no policy any more: its tag is freed and the next new app gets it.
+    admin.delete_policies(&body(vec![p("app-1", "app-2", Protocol::Tcp, 1, 1)])).await.unwrap();
+    let ids: Vec<String> = admin.list_tags().await.unwrap().into_inner().tags.into_iter().map(|t| t.tag).collect();
+    assert_eq!(ids, vec!["01", "03"]);
+    h.cf.cc.add_app("app-9", "app-9", "space-1");
+    admin.create_policies(&body(vec![p("app-9", "app-9", Protocol::Tcp, 5, 5)])).await.unwrap();
+    let tags = admin.list_tags_v0().await.unwrap().into_inner().tags;
+    assert!(tags.iter().any(|t| t.id == "app-9" && t.tag == "02"), "{tags:?}");
+}
+
+pub async fn validation_errors_change_nothing(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = h.admin();
+    admin.create_policies(&body(vec![p("app-1", "app-2", Protocol::Tcp, 1, 1)])).await.unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        ("/networking/v1/external/policies", "", "mapper: unmarshal json: unexpected end of JSON input"),
+        ("/networking/v1/external/policies", "{", "mapper: unmarshal json: unexpected end of JSON input"),
+        ("/networking/v1/external/policies", r#"{"policies":[]}"#, "mapper: validate policies: missing policies"),
+        (
+            "/networking/v1/external/policies",
+            r#"{"policies":[{"source":{"id":"app-1"},"destination":{"id":"app-2","protocol":"tcp","port":8080}}]}"#,
+            "mapper: validate policies: missing start port",
+        ),
+        (
+            "/networking/v0/external/policies",
+            r#"{"policies":[{"source":{"id":"app-1"},"destination":{"id":"app-2","protocol":"tcp","ports":{"start":1,"end":1}}}]}"#,
+            "mapper: validate policies: missing port",
+        ),
+        (
+            "/networking/v1/external/policies",
+            r#"{"policies":[{"source":{"id":"app-1"},"destination":{"id":"app-2","protocol":"icmp","ports":{"start":1,"end":1}}}]}"#,
+            "mapper: validate policies: invalid destination protocol, specify either udp or tcp",
+        ),
+        (
+            "/networking/v1/external/policies",
+            r#"{"policies":[{"source":{"id":"app-1"},"destination":{"id":"app-2","protocol":"tcp","ports":{"start":"1","end":1}}}]}"#,
+            "mapper: unmarshal json: json: cannot unmarshal string into Go struct field Ports.policies.destination.ports.start of type int",
+        ),
+        (
+            "/networking/v1/external/policies/delete",
+            r#"{"policies":[{"source":{"id":"app-1"},"destination":{"id":"app-2","protocol":"tcp","ports":{"start":5,"end":1}}}]}"#,
+            "mapper: validate policies: invalid port range 5-1, start must be less than or equal to end",
+        ),
+        (
+            "/networking/v1/external/policies",
+            r#"{"policies":[{"source":{"id":"app-3"},"destination":{"id":"app-2","protocol":"tcp","ports":{"start":1,"end":1}}},{"source":{"id":"app-1","tag":"01"},"destination":{"id":"app-2","protocol":"tcp","ports":{"start":1,"end":1}}}]}"#,
+            "mapper: validate policies: tags may not be specified",
+        ),
+    ];
+    for (path, text, message) in cases {
+        let (status, got, headers) = h.raw(&admin, "POST", path, text.as_bytes().to_vec()).await;
+        assert_eq!(status, 400, "{path} {text}");
+        let parsed: serde_json::Value = serde_json::from_str(&got).expect("error bodies are valid JSON");
+        assert_eq!(parsed["error"], *message, "{path} {text}");
+        assert!(got.starts_with("{\"error\": "), "upstream spacing: {got}");
+        assert_eq!(headers["content-type"], "application/json");
+    }
+    assert_eq!(all(&admin).await, vec![("app-1".into(), "app-2".into(), "tcp".into(), 1, 1)]);
+    let tags = admin.list_tags().await.unwrap().into_inner().tags;
+    assert_eq!(tags.len(), 2, "no tag was allocated by a refused request");
+}
+
+pub async fn oversized_bodies(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = h.admin();
+    let big = vec![b' '; 11 << 20];
+    let (status, text, _) = h.raw(&admin, "POST", "/networking/v1/external/policies", big.clone()).await;
+    assert_eq!((status, text.as_str()), (400, r#"{"error": "failed reading request body"}"#));
+    let (status, text, _) = h.raw(&admin, "POST", "/networking/v1/external/policies/delete", big).await;
+    assert_eq!((status, text.as_str()), (400, r#"{"error": "invalid request body"}"#));
+}
+
+pub async fn sql_metacharacters_are_data(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = h.admin();
+    let nasty = ["x'; DROP TABLE policies; --", "a\"b", "c\\d", "%_*", "é✓"];
+    let policies: Vec<Policy> = nasty.iter().map(|n| p(n, n, Protocol::Tcp, 1, 1)).collect();
+    admin.create_policies(&body(policies)).await.unwrap();
+    let got = all(&admin).await;
+    let ids: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+    assert_eq!(ids, nasty.to_vec());
+    let filtered = admin.list_policies(Some("x'; DROP TABLE policies; --"), None, None).await.unwrap().into_inner();
+    assert_eq!(filtered.total_policies, 1);
+    admin.delete_policies(&body(nasty.iter().map(|n| p(n, n, Protocol::Tcp, 1, 1)).collect())).await.unwrap();
+    assert!(all(&admin).await.is_empty());
+}
+
+pub async fn authentication_failures(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let uaa = &h.cf.uaa;
+    let before = h.admin().list_tags().await.unwrap().into_inner().tags.len();
+    let req = body(vec![p("app-1", "app-2", Protocol::Tcp, 1, 1)]);
+
+    // Missing header.
+    let anonymous = policy_client::Client::new(&h.url());
+    let err = anonymous.create_policies(&req).await.unwrap_err();
+    assert_eq!((error_status(&err), error_message(&err)), (Some(401), Some("missing authorization header")));
+    let (_, _, headers) = h.raw(&anonymous, "GET", "/networking/v1/external/policies", vec![]).await;
+    assert_eq!(headers["www-authenticate"], "Bearer");
+
+    let expired =
+        uaa.user_token_with("admin", testkit::TokenRequest { lifetime_secs: Some(-3600), ..Default::default() });
+    let wrong_issuer = uaa.user_token_with(
+        "admin",
+        testkit::TokenRequest { issuer: Some("https://evil.example/oauth/token".into()), ..Default::default() },
+    );
+    let unknown_kid =
+        uaa.user_token_with("admin", testkit::TokenRequest { kid: Some("nope".into()), ..Default::default() });
+    for (what, token) in [
+        ("garbage", "not-a-jwt".to_string()),
+        ("forged", uaa.forged_user_token("admin")),
+        ("expired", expired),
+        ("alg none", uaa.unsigned_user_token("admin")),
+        ("wrong issuer", wrong_issuer),
+        ("unknown kid", unknown_kid),
+    ] {
+        let client = h.with_token(&token);
+        let err = client.create_policies(&req).await.unwrap_err();
+        assert_eq!(error_status(&err), Some(401), "{what}");
+        assert_eq!(error_message(&err), Some("failed to verify token with uaa"), "{what}");
+        let err = client.list_tags().await.unwrap_err();
+        assert_eq!(error_status(&err), Some(401), "{what}");
+    }
+    assert_eq!(h.admin().list_tags().await.unwrap().into_inner().tags.len(), before, "nothing changed");
+
+    // 406 comes before authentication.
+    let (status, text, _) = h.raw(&anonymous, "GET", "/networking/v2/external/policies", vec![]).await;
+    assert_eq!((status, text.as_str()), (406, r#"{"error": "api version 'v2' not supported"}"#));
+}
+
+pub async fn scopes_and_spaces(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let req = |s: &str, d: &str| body(vec![p(s, d, Protocol::Tcp, 8080, 8080)]);
+
+    let bob = h.client("bob");
+    let err = bob.create_policies(&req("app-1", "app-2")).await.unwrap_err();
+    assert_eq!(error_status(&err), Some(403));
+    assert_eq!(
+        error_message(&err),
+        Some(
+            "provided scopes [openid cloud_controller.read] do not include allowed scopes [network.admin network.write]"
+        )
+    );
+    let alice = h.client("alice");
+    let err = alice.list_tags().await.unwrap_err();
+    assert_eq!(
+        error_message(&err),
+        Some(
+            "provided scopes [openid cloud_controller.read network.write] do not include allowed scopes [network.admin]"
+        )
+    );
+    assert_eq!(error_status(&alice.whoami().await.unwrap_err()), Some(403));
+
+    // alice develops in space-1 (app-1, app-2) but not space-2 (app-3).
+    alice.create_policies(&req("app-1", "app-2")).await.unwrap();
+    for (s, d) in [("app-1", "app-3"), ("app-3", "app-1"), ("app-1", "ghost")] {
+        let err = alice.create_policies(&req(s, d)).await.unwrap_err();
+        assert_eq!(error_status(&err), Some(403), "{s}->{d}");
+        assert_eq!(error_message(&err), Some("one or more applications cannot be found or accessed"));
+        let err = alice.delete_policies(&req(s, d)).await.unwrap_err();
+        assert_eq!(error_status(&err), Some(403), "{s}->{d}");
+    }
+    // The admin adds one alice may not see; her listing hides it.
+    h.admin().create_policies(&req("app-3", "app-1")).await.unwrap();
+    let mine = alice.list_policies(None, None, None).await.unwrap().into_inner();
+    assert_eq!(mine.total_policies, 1);
+    assert_eq!(mine.policies[0].destination.id, "app-2");
+    let carol = h.client("carol");
+    assert_eq!(carol.list_policies(None, None, None).await.unwrap().into_inner().total_policies, 2);
+    alice.delete_policies(&req("app-1", "app-2")).await.unwrap();
+    assert_eq!(all(&h.admin()).await.len(), 1);
+
+    // Cloud Controller down: a clear 500, not a pass.
+    h.cf.cc.set_failing(true);
+    let err = alice.create_policies(&req("app-1", "app-2")).await.unwrap_err();
+    assert_eq!((error_status(&err), error_message(&err)), (Some(500), Some("check access failed")));
+    let err = alice.list_policies(None, None, None).await.unwrap_err();
+    assert_eq!((error_status(&err), error_message(&err)), (Some(500), Some("filter policies failed")));
+    h.cf.cc.set_failing(false);
+}
+
+pub async fn self_service(backend: Backend) {
+    let h = Harness::start_with(backend, |c| c.enable_space_developer_self_service = true).await;
+    let bob = h.client("bob");
+    bob.create_policies(&body(vec![p("app-1", "app-2", Protocol::Tcp, 1, 1)])).await.unwrap();
+    let err = bob.create_policies(&body(vec![p("app-1", "app-3", Protocol::Tcp, 1, 1)])).await.unwrap_err();
+    assert_eq!(error_status(&err), Some(403));
+    assert_eq!(bob.list_policies(None, None, None).await.unwrap().into_inner().total_policies, 1);
+}
+
+pub async fn quota(backend: Backend) {
+    let h = Harness::start_with(backend, |c| c.max_policies_per_app_source = 2).await;
+    let alice = h.client("alice");
+    let one = |port| body(vec![p("app-1", "app-2", Protocol::Tcp, port, port)]);
+    alice.create_policies(&one(1)).await.unwrap();
+    alice.create_policies(&one(2)).await.unwrap();
+    let err = alice.create_policies(&one(3)).await.unwrap_err();
+    assert_eq!((error_status(&err), error_message(&err)), (Some(403), Some("policy quota exceeded")));
+    alice.delete_policies(&one(1)).await.unwrap();
+    alice.create_policies(&one(3)).await.unwrap();
+    // Admins are exempt.
+    h.admin().create_policies(&one(4)).await.unwrap();
+    assert_eq!(all(&h.admin()).await.len(), 3);
+}
+
+pub async fn cleanup(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = h.admin();
+    admin
+        .create_policies(&body(vec![
+            p("app-1", "app-2", Protocol::Tcp, 3333, 3333),
+            p("app-1", "app-3", Protocol::Tcp, 1, 9),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(admin.cleanup_policies().await.unwrap().into_inner().total_policies, 0);
+    h.cf.cc.delete_app("app-2");
+    let stale = admin.cleanup_policies_v0().await.unwrap().into_inner();
+    assert_eq!(stale.total_policies, 1);
+    assert_eq!(stale.policies[0].destination.id, "app-2");
+    assert_eq!(stale.policies[0].destination.ports.start, 3333, "v1 shape under /v0/ too");
+    assert_eq!(all(&admin).await.len(), 1);
+    let tags: Vec<String> = admin.list_tags().await.unwrap().into_inner().tags.into_iter().map(|t| t.id).collect();
+    assert!(!tags.contains(&"app-2".to_string()), "stale app's tag freed");
+    let err = h.client("alice").cleanup_policies().await.unwrap_err();
+    assert_eq!(error_status(&err), Some(403));
+}
+
+pub async fn info_headers_and_metrics(backend: Backend) {
+    let h = Harness::start_with(backend, |c| c.allowed_cors_domains = vec!["https://ok.example".into()]).await;
+    let admin = h.admin();
+    assert_eq!(admin.whoami().await.unwrap().into_inner().subject, "admin");
+    let client_token = h.cf.uaa.client_token(testkit::POLICY_SERVER_CLIENT);
+    let _ = client_token; // a client without network.admin gets 403 on whoami:
+    assert_eq!(
+        error_status(&h.with_token(&h.cf.uaa.client_token(testkit::POLICY_SERVER_CLIENT)).whoami().await.unwrap_err()),
+        Some(403)
+    );
+    admin.health().await.unwrap();
+
+    let http = admin.client();
+    let resp = http.get(format!("{}/", h.url())).send().await.unwrap();
+    assert!(resp.text().await.unwrap().starts_with("Network policy server, up for "));
+    let resp = http
+        .get(format!("{}/networking/v1/external/policies", h.url()))
+        .header("X-VCAP-Request-ID", "abc")
+        .header("Origin", "https://ok.example")
+        .send()
+        .await
+        .unwrap();
+    let hd = resp.headers();
+    assert!(hd["x-vcap-request-id"].to_str().unwrap().starts_with("abc::"));
+    assert_eq!(hd["access-control-allow-origin"], "https://ok.example");
+    assert_eq!(hd["x-frame-options"], "deny");
+    assert_eq!(hd["x-content-type-options"], "nosniff");
+    assert_eq!(hd["x-xss-protection"], "1; mode=block");
+    assert_eq!(hd["content-security-policy"], "frame-ancestors 'none'");
+    assert!(hd.get("strict-transport-security").is_none());
+
+    let resp = http
+        .request(reqwest::Method::OPTIONS, format!("{}/networking/v1/external/policies", h.url()))
+        .header("Origin", "https://other.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["access-control-allow-methods"], "POST,GET,OPTIONS");
+    assert_eq!(resp.headers()["access-control-allow-headers"], "authorization");
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    assert!(resp.headers().get("x-vcap-request-id").is_none());
+
+    let resp = http.get(format!("{}/nope", h.url())).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.text().await.unwrap(), "404 page not found\n");
+    let resp = http.put(format!("{}/networking/v1/external/policies", h.url())).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert!(resp.headers()["allow"].to_str().unwrap().contains("POST"));
+
+    let metrics_url = format!("http://{}", h.server.metrics_addr.unwrap());
+    let text = policy_client::Client::new(&metrics_url).metrics().await.unwrap();
+    let bytes = text.into_inner().into_inner().collect::<Vec<_>>().await;
+    let text: String = bytes.into_iter().map(|b| String::from_utf8_lossy(&b.unwrap()).into_owned()).collect();
+    assert!(text.contains("c2c_http_requests_total"), "{text}");
+    assert!(text.contains("route=\"PoliciesIndex\""), "{text}");
+}
+
+pub async fn check_token_mode(backend: Backend) {
+    let h =
+        Harness::start_with(backend, |c| c.uaa.verification = policy_api::config::TokenVerification::CheckToken).await;
+    let calls = h.cf.uaa.check_token_calls();
+    h.admin().create_policies(&body(vec![p("app-1", "app-2", Protocol::Tcp, 1, 1)])).await.unwrap();
+    assert!(h.cf.uaa.check_token_calls() > calls);
+    let err = h.with_token(&h.cf.uaa.forged_user_token("admin")).list_tags().await.unwrap_err();
+    assert_eq!(error_status(&err), Some(401));
+}
+
+pub async fn key_rotation(backend: Backend) {
+    let h = Harness::start_with(backend, |c| c.uaa.key_refetch_min_interval_secs = 0).await;
+    h.admin().list_tags().await.unwrap();
+    let fetched = h.cf.uaa.token_keys_calls();
+    h.admin().list_tags().await.unwrap();
+    assert_eq!(h.cf.uaa.token_keys_calls(), fetched, "keys are cached by kid");
+    h.cf.uaa.rotate_key("key-2");
+    // A token signed with the new key (unknown kid) makes the server refetch the keys.
+    h.admin().list_tags().await.unwrap();
+    assert_eq!(h.cf.uaa.token_keys_calls(), fetched + 1);
+}
+
+pub async fn unknown_kids_are_rate_limited(backend: Backend) {
+    let h = Harness::start(backend).await;
+    h.admin().list_tags().await.unwrap();
+    let fetched = h.cf.uaa.token_keys_calls();
+    for i in 0..20 {
+        let t =
+            h.cf.uaa
+                .user_token_with("admin", testkit::TokenRequest { kid: Some(format!("k{i}")), ..Default::default() });
+        assert_eq!(error_status(&h.with_token(&t).list_tags().await.unwrap_err()), Some(401));
+    }
+    assert_eq!(h.cf.uaa.token_keys_calls(), fetched, "no refetch inside the minimum interval");
+}
+
+use futures::StreamExt;
+
+pub async fn tags_are_unique_under_concurrency(backend: Backend) {
+    // Two server instances on one database, 50 clients creating and deleting overlapping
+    // policies at once.
+    let h = Harness::start(backend).await;
+    let second = policy_api::Server::start(&h.config).await.unwrap();
+    for i in 0..20 {
+        h.cf.cc.add_app(&format!("c-{i}"), &format!("c-{i}"), "space-1");
+    }
+    let token = h.cf.uaa.user_token("admin");
+    let urls = [h.url(), second.url()];
+    let mut tasks = Vec::new();
+    for worker in 0..50 {
+        let url = urls[worker % 2].clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = policy_client::Client::new_with_token(&url, &token).unwrap();
+            for round in 0..4 {
+                let src = format!("c-{}", (worker + round) % 20);
+                let dst = format!("c-{}", (worker * 7 + round) % 20);
+                let port = (worker % 5 + 1) as i32;
+                let req =
+                    body(vec![p(&src, &dst, Protocol::Tcp, port, port), p(&dst, &src, Protocol::Udp, port, port)]);
+                client.create_policies(&req).await.expect("create under contention");
+                if round % 2 == 1 {
+                    client.delete_policies(&req).await.expect("delete under contention");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let admin = h.admin();
+    let listed = all(&admin).await;
+    let unique: HashSet<_> = listed.iter().collect();
+    assert_eq!(unique.len(), listed.len(), "no duplicate policies");
+    // Exactly the policies created in even rounds survive (odd rounds deleted theirs, and an
+    // even round of one worker may be deleted by another worker's odd round with the same key).
+    let mut expected = HashSet::new();
+    let mut deleted = HashSet::new();
+    for worker in 0..50usize {
+        for round in 0..4usize {
+            let src = format!("c-{}", (worker + round) % 20);
+            let dst = format!("c-{}", (worker * 7 + round) % 20);
+            let port = (worker % 5 + 1) as i32;
+            let keys =
+                [(src.clone(), dst.clone(), "tcp".to_string(), port, port), (dst, src, "udp".to_string(), port, port)];
+            for k in keys {
+                if round % 2 == 1 {
+                    deleted.insert(k);
+                } else {
+                    expected.insert(k);
+                }
+            }
+        }
+    }
+    for k in &listed {
+        assert!(expected.contains(k) || deleted.contains(k), "unexpected policy {k:?}");
+    }
+    for k in expected.difference(&deleted) {
+        assert!(unique.contains(k), "lost policy {k:?}");
+    }
+    let tags = admin.list_tags().await.unwrap().into_inner().tags;
+    let tag_values: HashSet<_> = tags.iter().map(|t| t.tag.clone()).collect();
+    let tag_ids: HashSet<_> = tags.iter().map(|t| t.id.clone()).collect();
+    assert_eq!(tag_values.len(), tags.len(), "never two apps with one tag");
+    assert_eq!(tag_ids.len(), tags.len(), "never two tags for one app");
+    let in_policies: HashSet<String> = listed.iter().flat_map(|k| [k.0.clone(), k.1.clone()]).collect();
+    assert_eq!(tag_ids, in_policies, "tags exactly for the apps in policies");
+    second.shutdown().await;
+}
+
+pub async fn replicas_migrate_together(backend: Backend) {
+    let cf = testkit::Cf::start().await.unwrap();
+    let db = crate::harness::TestDb::create(backend).await;
+    let config = crate::harness::config_for(&cf, &db);
+    let (a, b, c) = tokio::join!(
+        policy_api::Server::start(&config),
+        policy_api::Server::start(&config),
+        policy_api::Server::start(&config)
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    let client = policy_client::Client::new_with_token(&b.url(), &cf.uaa.user_token("admin")).unwrap();
+    client.create_policies(&body(vec![p("app-1", "app-2", Protocol::Tcp, 1, 1)])).await.unwrap();
+    let tags = client.list_tags().await.unwrap().into_inner().tags;
+    assert_eq!(tags.len(), 2);
+    for s in [a, b, c] {
+        s.shutdown().await;
+    }
+}
