@@ -1,1 +1,150 @@
-fn main() {}
+//! Load benchmark of the external API (not a test): create in 1000-policy requests with 10k
+//! policies stored, list all 10k, and `GET ...policies?id=` for one app — on SQLite and
+//! PostgreSQL, through the generated client against a server on loopback.
+//!
+//!     cargo bench -p policy-api --bench api_load                  # both databases
+//!     cargo bench -p policy-api --bench api_load -- postgres      # one
+//!
+//! PostgreSQL comes from C2C_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/postgres);
+//! a scratch database is created and dropped.
+
+use std::time::{Duration, Instant};
+
+use policy_api::Server;
+use policy_api::config::{CloudControllerConfig, Config, Secret, UaaConfig};
+use policy_client::Client;
+use policy_client::types::{Policies, Policy, Protocol};
+use sea_orm::sqlx::{self, Connection, Executor};
+
+const STORED: usize = 10_000;
+const BATCH: usize = 1_000;
+
+fn policies(tag: &str, port: i32, count: usize) -> Vec<Policy> {
+    // 100 sources × 100 destinations per 10k, so tags stay well inside the pool.
+    (0..count)
+        .map(|i| Policy::new(&format!("src-{}-{tag}", i / 100), &format!("dst-{}", i % 100), Protocol::Tcp, port, port))
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+async fn run(name: &str, database_url: String) {
+    let cf = testkit::Cf::start().await.expect("doubles");
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: None,
+        database_url,
+        database_max_connections: 20,
+        uaa: UaaConfig {
+            url: cf.uaa.url(),
+            client_id: testkit::POLICY_SERVER_CLIENT.into(),
+            client_secret: Secret(testkit::POLICY_SERVER_SECRET.into()),
+            ..Default::default()
+        },
+        cloud_controller: CloudControllerConfig { url: cf.cc.url(), ..Default::default() },
+        ..Config::default()
+    };
+    let server = Server::start(&config).await.expect("server");
+    let client = Client::new_with_token(&server.url(), &cf.uaa.user_token("admin")).unwrap();
+
+    println!("\n== {name}");
+    let seed = policies("a", 8080, STORED);
+    let started = Instant::now();
+    for chunk in seed.chunks(BATCH) {
+        client.create_policies(&Policies { policies: chunk.to_vec() }).await.expect("seed");
+    }
+    let seed_time = started.elapsed();
+    println!(
+        "seed: {STORED} policies in {BATCH}-policy requests on an empty store: {:.0} policies/s",
+        STORED as f64 / seed_time.as_secs_f64()
+    );
+
+    // Listing all 10k.
+    let mut lat = Vec::new();
+    for _ in 0..100 {
+        let t = Instant::now();
+        let list = client.list_policies(None, None, None).await.unwrap().into_inner();
+        lat.push(t.elapsed());
+        assert_eq!(list.total_policies as usize, STORED);
+    }
+    lat.sort();
+    println!("list all {STORED}: p50 {} p99 {} (100 requests)", ms(percentile(&lat, 0.5)), ms(percentile(&lat, 0.99)));
+
+    // One app by id, 8 clients at once.
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            for i in 0..250 {
+                let id = format!("dst-{}", (w * 250 + i) % 100);
+                let t = Instant::now();
+                let list = client.list_policies(None, Some(&id), None).await.unwrap().into_inner();
+                lat.push(t.elapsed());
+                assert_eq!(list.total_policies, 100);
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for task in tasks {
+        lat.extend(task.await.unwrap());
+    }
+    let wall = t.elapsed();
+    lat.sort();
+    println!(
+        "GET ?id=<one app> (100 policies each), 8 clients: {:.0} req/s, p50 {} p99 {}",
+        lat.len() as f64 / wall.as_secs_f64(),
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99))
+    );
+
+    // Creating 10k more with 10k stored.
+    let more = policies("b", 9090, STORED);
+    let mut lat = Vec::new();
+    let started = Instant::now();
+    for chunk in more.chunks(BATCH) {
+        let t = Instant::now();
+        client.create_policies(&Policies { policies: chunk.to_vec() }).await.expect("create");
+        lat.push(t.elapsed());
+    }
+    let elapsed = started.elapsed();
+    lat.sort();
+    println!(
+        "create with {STORED}+ stored, {BATCH}-policy requests: {:.0} policies/s (request p50 {}, max {})",
+        STORED as f64 / elapsed.as_secs_f64(),
+        ms(percentile(&lat, 0.5)),
+        ms(*lat.last().unwrap())
+    );
+    server.shutdown().await;
+}
+
+#[tokio::main]
+async fn main() {
+    let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wants = |n: &str| which.is_empty() || which.iter().any(|w| w == n);
+    if wants("sqlite") {
+        let dir = std::env::temp_dir().join(format!("c2c-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        run("SQLite (file, WAL)", format!("sqlite://{}/bench.db?mode=rwc", dir.display())).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if wants("postgres") {
+        let admin = std::env::var("C2C_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("c2c_bench_{}", std::process::id());
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL reachable");
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&format!("/{name}"));
+        run("PostgreSQL", url.to_string()).await;
+        conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await.unwrap();
+    }
+}

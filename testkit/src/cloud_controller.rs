@@ -208,6 +208,7 @@ impl Caller {
     }
 }
 
+#[allow(clippy::result_large_err)] // the error is the answer, returned at once
 fn authenticate(cc: &Inner, headers: &HeaderMap) -> Result<Caller, Response> {
     cc.requests.fetch_add(1, Ordering::Relaxed);
     if cc.failing.load(Ordering::Relaxed) {

@@ -2,6 +2,7 @@
 //! for SQLite, PostgreSQL and MariaDB.
 
 mod harness;
+mod hygiene;
 mod spec;
 mod suite;
 
