@@ -419,24 +419,28 @@ impl Store {
                 Expr::col((dg.clone(), groups::Column::Id)).equals((d.clone(), destinations::Column::GroupId)),
             )
             .order_by((p.clone(), policies::Column::Id), Order::Asc);
+        // Guids are resolved to group ids first, so the filter compares indexed integer
+        // columns of the base tables (PostgreSQL then uses the indexes for the OR as well).
         // Very long id lists would exceed bind limits; those are filtered in memory instead.
         let small = |l: &Vec<String>| l.len() <= 5_000;
-        let src = Expr::col((sg.clone(), groups::Column::Guid));
-        let dst = Expr::col((dg.clone(), groups::Column::Guid));
+        let src = Expr::col((p.clone(), policies::Column::GroupId));
+        let dst = Expr::col((d.clone(), destinations::Column::GroupId));
         let mut filter_in_memory = false;
         match filter {
             PolicyFilter::All => {}
             PolicyFilter::Any(ids) if small(ids) => {
-                stmt.cond_where(Condition::any().add(src.is_in(ids.clone())).add(dst.is_in(ids.clone())));
+                let ids = self.group_ids_of(ids).await?;
+                stmt.cond_where(Condition::any().add(src.is_in(ids.clone())).add(dst.is_in(ids)));
             }
             PolicyFilter::Source(ids) if small(ids) => {
-                stmt.and_where(src.is_in(ids.clone()));
+                stmt.and_where(src.is_in(self.group_ids_of(ids).await?));
             }
             PolicyFilter::Destination(ids) if small(ids) => {
-                stmt.and_where(dst.is_in(ids.clone()));
+                stmt.and_where(dst.is_in(self.group_ids_of(ids).await?));
             }
             PolicyFilter::SourceAndDestination(s, d) if small(s) && small(d) => {
-                stmt.and_where(src.is_in(s.clone())).and_where(dst.is_in(d.clone()));
+                stmt.and_where(src.is_in(self.group_ids_of(s).await?))
+                    .and_where(dst.is_in(self.group_ids_of(d).await?));
             }
             _ => filter_in_memory = true,
         }
@@ -464,6 +468,22 @@ impl Store {
                 destination_tag: format_tag(i64::from(row.try_get_by_index::<i32>(3)?), self.tag_length),
                 policy,
             });
+        }
+        Ok(out)
+    }
+
+    /// Group ids of the given guids (unknown guids are left out).
+    async fn group_ids_of(&self, guids: &[String]) -> Result<Vec<i32>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in guids.chunks(CHUNK) {
+            let stmt = Query::select()
+                .column(groups::Column::Id)
+                .from(groups::Entity)
+                .and_where(Expr::col(groups::Column::Guid).is_in(chunk.iter().cloned()))
+                .to_owned();
+            for row in self.db.query_all(&stmt).await? {
+                out.push(row.try_get_by_index::<i32>(0)?);
+            }
         }
         Ok(out)
     }
