@@ -11,14 +11,13 @@ pub struct DevWorld {
     pub config: Config,
 }
 
-/// Starts the doubles and returns a config pointing at them.
-pub async fn start(listen: SocketAddr) -> std::io::Result<DevWorld> {
-    let cf = testkit::Cf::start().await?;
-    let config = Config {
-        listen,
+/// A config that talks to the doubles of `cf`, on loopback ports chosen by the system, with
+/// the given database. Tests, benchmarks and `--dev` start from it.
+pub fn config_for_doubles(cf: &testkit::Cf, database_url: &str) -> Config {
+    Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        database_url: "sqlite::memory:".into(),
-        log_format: LogFormat::Text,
+        database_url: database_url.to_string(),
         uaa: crate::config::UaaConfig {
             url: cf.uaa.url(),
             client_id: testkit::POLICY_SERVER_CLIENT.into(),
@@ -27,7 +26,13 @@ pub async fn start(listen: SocketAddr) -> std::io::Result<DevWorld> {
         },
         cloud_controller: crate::config::CloudControllerConfig { url: cf.cc.url(), ..Default::default() },
         ..Config::default()
-    };
+    }
+}
+
+/// Starts the doubles and returns a config pointing at them.
+pub async fn start(listen: SocketAddr) -> std::io::Result<DevWorld> {
+    let cf = testkit::Cf::start().await?;
+    let config = Config { listen, log_format: LogFormat::Text, ..config_for_doubles(&cf, "sqlite::memory:") };
     Ok(DevWorld { cf, config })
 }
 

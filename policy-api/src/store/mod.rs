@@ -214,6 +214,15 @@ impl Store {
             self.db.execute(&insert).await?;
             next = last + 1;
         }
+        if current < max_tag {
+            // Fresh statistics, so the planner knows most of the pool is free rows.
+            let analyze = match self.backend() {
+                DbBackend::MySql => "ANALYZE TABLE `groups`",
+                DbBackend::Postgres => "ANALYZE \"groups\"",
+                _ => "ANALYZE",
+            };
+            self.db.execute_unprepared(analyze).await?;
+        }
         Ok(())
     }
 
@@ -390,38 +399,27 @@ impl Store {
     }
 
     async fn list_inner(&self, filter: &PolicyFilter) -> Result<Vec<TaggedPolicy>, StoreError> {
-        let (sg, dg, d, p) = (Alias::new("sg"), Alias::new("dg"), Alias::new("d"), Alias::new("p"));
+        // Policies joined with their destinations only; group guids come from a second, small
+        // query. Joining `groups` twice made the database hash the whole 65,535-row tag pool
+        // twice per listing.
+        let (d, p) = (Alias::new("d"), Alias::new("p"));
         let mut stmt = Query::select();
-        stmt.column((sg.clone(), groups::Column::Guid))
-            .column((sg.clone(), groups::Column::Id))
-            .column((dg.clone(), groups::Column::Guid))
-            .column((dg.clone(), groups::Column::Id))
+        stmt.column((p.clone(), policies::Column::GroupId))
+            .column((d.clone(), destinations::Column::GroupId))
             .column((d.clone(), destinations::Column::Protocol))
             .column((d.clone(), destinations::Column::StartPort))
             .column((d.clone(), destinations::Column::EndPort))
             .from_as(policies::Entity, p.clone())
             .join_as(
                 JoinType::InnerJoin,
-                groups::Entity,
-                sg.clone(),
-                Expr::col((sg.clone(), groups::Column::Id)).equals((p.clone(), policies::Column::GroupId)),
-            )
-            .join_as(
-                JoinType::InnerJoin,
                 destinations::Entity,
                 d.clone(),
                 Expr::col((d.clone(), destinations::Column::Id)).equals((p.clone(), policies::Column::DestinationId)),
             )
-            .join_as(
-                JoinType::InnerJoin,
-                groups::Entity,
-                dg.clone(),
-                Expr::col((dg.clone(), groups::Column::Id)).equals((d.clone(), destinations::Column::GroupId)),
-            )
             .order_by((p.clone(), policies::Column::Id), Order::Asc);
         // Guids are resolved to group ids first, so the filter compares indexed integer
-        // columns of the base tables (PostgreSQL then uses the indexes for the OR as well).
-        // Very long id lists would exceed bind limits; those are filtered in memory instead.
+        // columns (PostgreSQL then uses the indexes for the OR as well). Very long id lists
+        // would exceed bind limits; those are filtered in memory instead.
         let small = |l: &Vec<String>| l.len() <= 5_000;
         let src = Expr::col((p.clone(), policies::Column::GroupId));
         let dst = Expr::col((d.clone(), destinations::Column::GroupId));
@@ -445,17 +443,32 @@ impl Store {
             _ => filter_in_memory = true,
         }
         let rows = self.db.query_all(&stmt).await?;
-        let mut out = Vec::with_capacity(rows.len());
+        let mut raw = Vec::with_capacity(rows.len());
         for row in rows {
-            let protocol: String = row.try_get_by_index(4)?;
-            let Some(protocol) = Protocol::parse(&protocol) else {
+            raw.push((
+                row.try_get_by_index::<i32>(0)?,
+                row.try_get_by_index::<i32>(1)?,
+                row.try_get_by_index::<String>(2)?,
+                row.try_get_by_index::<i32>(3)?,
+                row.try_get_by_index::<i32>(4)?,
+            ));
+        }
+        let guids = if matches!(filter, PolicyFilter::All) || filter_in_memory {
+            self.allocated_groups(None).await?
+        } else {
+            let used: BTreeSet<i32> = raw.iter().flat_map(|r| [r.0, r.1]).collect();
+            self.allocated_groups(Some(used.into_iter().collect())).await?
+        };
+        let mut out = Vec::with_capacity(raw.len());
+        for (src, dst, protocol, start, end) in raw {
+            let (Some(protocol), Some(source), Some(destination)) =
+                (Protocol::parse(&protocol), guids.get(&src), guids.get(&dst))
+            else {
                 continue;
             };
-            let start: i32 = row.try_get_by_index(5)?;
-            let end: i32 = row.try_get_by_index(6)?;
             let policy = Policy {
-                source: row.try_get_by_index::<Option<String>>(0)?.unwrap_or_default(),
-                destination: row.try_get_by_index::<Option<String>>(2)?.unwrap_or_default(),
+                source: source.clone(),
+                destination: destination.clone(),
                 protocol,
                 start: u16::try_from(start).unwrap_or(0),
                 end: u16::try_from(end).unwrap_or(0),
@@ -464,10 +477,36 @@ impl Store {
                 continue;
             }
             out.push(TaggedPolicy {
-                source_tag: format_tag(i64::from(row.try_get_by_index::<i32>(1)?), self.tag_length),
-                destination_tag: format_tag(i64::from(row.try_get_by_index::<i32>(3)?), self.tag_length),
+                source_tag: format_tag(i64::from(src), self.tag_length),
+                destination_tag: format_tag(i64::from(dst), self.tag_length),
                 policy,
             });
+        }
+        Ok(out)
+    }
+
+    /// Guids of allocated groups: all of them, or those with the given ids.
+    async fn allocated_groups(&self, ids: Option<Vec<i32>>) -> Result<HashMap<i32, String>, StoreError> {
+        let query = |cond: sea_orm::sea_query::SimpleExpr| {
+            Query::select()
+                .columns([groups::Column::Id, groups::Column::Guid])
+                .from(groups::Entity)
+                .and_where(cond)
+                .to_owned()
+        };
+        let statements = match ids {
+            None => vec![query(Expr::col(groups::Column::Guid).is_not_null())],
+            Some(ids) => {
+                ids.chunks(CHUNK).map(|c| query(Expr::col(groups::Column::Id).is_in(c.iter().copied()))).collect()
+            }
+        };
+        let mut out = HashMap::new();
+        for stmt in statements {
+            for row in self.db.query_all(&stmt).await? {
+                if let Some(guid) = row.try_get_by_index::<Option<String>>(1)? {
+                    out.insert(row.try_get_by_index::<i32>(0)?, guid);
+                }
+            }
         }
         Ok(out)
     }

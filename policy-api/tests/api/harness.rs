@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use policy_api::Server;
-use policy_api::config::{CloudControllerConfig, Config, Secret, UaaConfig};
+use policy_api::config::Config;
 use policy_client::{Client, ClientInfo};
 use sea_orm::sqlx::{self, Connection, Executor};
 
@@ -132,22 +132,13 @@ pub struct Harness {
 }
 
 pub fn config_for(cf: &testkit::Cf, db: &TestDb) -> Config {
-    Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        database_url: db.url.clone(),
-        database_max_connections: 5,
-        // Upstream's integration tests use one-byte tags too: a 255-row pool is quick to fill.
-        tag_length: 1,
-        uaa: UaaConfig {
-            url: cf.uaa.url(),
-            client_id: testkit::POLICY_SERVER_CLIENT.into(),
-            client_secret: Secret(testkit::POLICY_SERVER_SECRET.into()),
-            ..Default::default()
-        },
-        cloud_controller: CloudControllerConfig { url: cf.cc.url(), cache_ttl_secs: 0, ..Default::default() },
-        ..Config::default()
-    }
+    let mut config = policy_api::dev::config_for_doubles(cf, &db.url);
+    config.database_max_connections = 5;
+    // Upstream's integration tests use one-byte tags too: a 255-row pool is quick to fill.
+    config.tag_length = 1;
+    // Every test sees Cloud Controller changes at once.
+    config.cloud_controller.cache_ttl_secs = 0;
+    config
 }
 
 impl Harness {
