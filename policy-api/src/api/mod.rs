@@ -7,9 +7,9 @@ pub mod extract;
 pub mod middleware;
 
 use axum::Router;
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, options, post};
+use axum::routing::{MethodFilter, MethodRouter, get, on, options, post};
 
 use crate::state::AppState;
 
@@ -56,16 +56,19 @@ pub fn paths_with_methods(routes: &[Route]) -> Vec<(&'static str, Vec<&'static s
     out
 }
 
+/// GET without axum's implicit HEAD: upstream answers HEAD with 405.
+const GET: MethodFilter = MethodFilter::GET;
+
 fn handler(name: &str, method: &str) -> MethodRouter<AppState> {
     match (name, method) {
-        ("Uptime", _) => get(external::uptime),
-        ("Health", _) => get(external::health),
-        ("WhoAmI", _) => get(external::whoami),
+        ("Uptime", _) => on(GET, external::uptime),
+        ("Health", _) => on(GET, external::health),
+        ("WhoAmI", _) => on(GET, external::whoami),
         ("CreatePolicies", _) => post(external::create_policies),
         ("DeletePolicies", _) => post(external::delete_policies),
-        ("PoliciesIndex", _) => get(external::list_policies),
+        ("PoliciesIndex", _) => on(GET, external::list_policies),
         ("Cleanup", _) => post(external::cleanup),
-        ("TagsIndex", _) => get(external::tags),
+        ("TagsIndex", _) => on(GET, external::tags),
         (other, m) => unreachable!("route table names {m} {other} without a handler"),
     }
 }
@@ -82,6 +85,8 @@ pub fn router(state: AppState) -> Router {
         }
         let allow = methods.iter().copied().chain(["OPTIONS"]).collect::<Vec<_>>().join(",");
         method_router = method_router.merge(options(move |state, headers| external::preflight(state, headers, allow)));
+        // axum would answer HEAD through the GET handler; upstream does not route HEAD.
+        method_router = method_router.on(MethodFilter::HEAD, method_not_allowed);
         router = router.route(path, method_router);
     }
     router
@@ -95,8 +100,25 @@ async fn not_found() -> Response {
     text(StatusCode::NOT_FOUND, "404 page not found\n")
 }
 
-async fn method_not_allowed() -> Response {
-    text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
+/// Go's 405: `Allow` lists the methods registered for the path (comma and space, as Go's
+/// router joins them).
+async fn method_not_allowed(uri: axum::http::Uri) -> Response {
+    let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+    let allowed: Vec<&str> = paths_with_methods(EXTERNAL_ROUTES)
+        .into_iter()
+        .find(|(template, _)| path_matches(template, uri.path()))
+        .map(|(_, methods)| methods.into_iter().chain(["OPTIONS"]).collect())
+        .unwrap_or_default();
+    if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
+}
+
+/// Whether `path` fits `template`, where a `{name}` segment matches any one segment.
+fn path_matches(template: &str, path: &str) -> bool {
+    let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+    t.len() == p.len() && t.iter().zip(&p).all(|(t, p)| (t.starts_with('{') && t.ends_with('}')) || t == p)
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response {
@@ -120,7 +142,15 @@ pub fn metrics_router(handle: metrics_exporter_prometheus::PrometheusHandle) -> 
     )
 }
 
-/// Whether `method` is one the route table knows (used in tests).
-pub fn is_known_method(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::POST | Method::OPTIONS)
+#[cfg(test)]
+mod tests {
+    use super::path_matches;
+
+    #[test]
+    fn templates_match_one_segment_per_parameter() {
+        assert!(path_matches("/networking/{version}/external/tags", "/networking/v1/external/tags"));
+        assert!(!path_matches("/networking/{version}/external/tags", "/networking/v1/external/tags/x"));
+        assert!(!path_matches("/", "/health"));
+        assert!(path_matches("/", "/"));
+    }
 }

@@ -394,7 +394,11 @@ pub async fn info_headers_and_metrics(backend: Backend) {
     assert_eq!(resp.text().await.unwrap(), "404 page not found\n");
     let resp = http.put(format!("{}/networking/v1/external/policies", h.url())).send().await.unwrap();
     assert_eq!(resp.status(), 405);
-    assert!(resp.headers()["allow"].to_str().unwrap().contains("POST"));
+    assert_eq!(resp.headers()["allow"], "POST, GET, OPTIONS");
+    // No implicit HEAD on GET routes, as upstream.
+    let resp = http.head(format!("{}/health", h.url())).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET, OPTIONS");
 
     let metrics_url = format!("http://{}", h.server.metrics_addr.unwrap());
     let text = policy_client::Client::new(&metrics_url).metrics().await.unwrap();
