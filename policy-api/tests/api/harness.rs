@@ -187,6 +187,13 @@ impl Harness {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        (status, resp.text().await.unwrap(), headers)
+        let text = resp.text().await.unwrap();
+        // Every answer this helper sees must be one the spec documents (404/405 are the
+        // router's own, outside any operation; 406 is for versions the spec has no path for).
+        if ![404, 405, 406].contains(&status) {
+            let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
+            crate::spec::validate_response(method, path, status, content_type, &text);
+        }
+        (status, text, headers)
     }
 }

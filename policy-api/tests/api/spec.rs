@@ -66,3 +66,80 @@ async fn every_route_in_the_table_is_routed() {
     }
     server.shutdown().await;
 }
+
+/// Checks an answer against the spec: the status is documented for the operation, and a JSON
+/// body validates against the documented schema. Panics with the reason otherwise.
+pub fn validate_response(method: &str, path: &str, status: u16, content_type: Option<&str>, body: &str) {
+    let spec = spec_json();
+    let path_only = path.split('?').next().unwrap_or(path);
+    let op = &spec["paths"][path_only][method.to_lowercase()];
+    assert!(!op.is_null(), "{method} {path_only} is not in the spec");
+    let mut response = op["responses"][status.to_string()].clone();
+    assert!(!response.is_null(), "{method} {path_only} answered {status}, which the spec does not document");
+    if let Some(r) = response.get("$ref").and_then(|r| r.as_str()) {
+        let name = r.trim_start_matches("#/components/responses/");
+        response = spec["components"]["responses"][name].clone();
+    }
+    let schema = &response["content"]["application/json"]["schema"];
+    if schema.is_null() {
+        return;
+    }
+    assert_eq!(content_type, Some("application/json"), "{method} {path_only} {status}: JSON answers say so");
+    let body: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{method} {path_only} {status}: body is not JSON: {e}"));
+    let root = serde_json::json!({ "$ref": schema["$ref"], "components": spec["components"] });
+    let validator = jsonschema::validator_for(&root).expect("spec schemas compile");
+    let errors: Vec<String> = validator.iter_errors(&body).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "{method} {path_only} {status}: body does not match the spec: {errors:?}\n{body}");
+}
+
+fn spec_json() -> &'static serde_json::Value {
+    static SPEC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| serde_json::to_value(spec()).expect("YAML to JSON"))
+}
+
+/// Each operation's main answers, fetched raw and validated against the spec.
+#[tokio::test]
+async fn responses_match_the_spec() {
+    use crate::harness::{Backend, Harness};
+    let h = Harness::start(Backend::Sqlite).await;
+    let admin = h.admin();
+    let create = br#"{"policies":[{"source":{"id":"app-1"},"destination":{"id":"app-2","protocol":"tcp","ports":{"start":80,"end":90}}}]}"#;
+    let create_v0 =
+        br#"{"policies":[{"source":{"id":"app-1"},"destination":{"id":"app-2","protocol":"udp","port":53}}]}"#;
+    for v in ["v0", "v1"] {
+        let body = if v == "v1" { create.to_vec() } else { create_v0.to_vec() };
+        let base = format!("/networking/{v}/external");
+        // `raw` validates every answer it gets.
+        h.raw(&admin, "POST", &format!("{base}/policies"), body.clone()).await;
+        h.raw(&admin, "GET", &format!("{base}/policies"), vec![]).await;
+        h.raw(&admin, "GET", &format!("{base}/policies?id=app-1"), vec![]).await;
+        h.raw(&admin, "GET", &format!("{base}/tags"), vec![]).await;
+        h.raw(&admin, "GET", &format!("{base}/whoami"), vec![]).await;
+        h.raw(&admin, "POST", &format!("{base}/policies/cleanup"), vec![]).await;
+        h.raw(&admin, "POST", &format!("{base}/policies/delete"), body).await;
+        h.raw(&admin, "POST", &format!("{base}/policies"), b"{}".to_vec()).await;
+        h.raw(&h.client("alice"), "GET", &format!("{base}/tags"), vec![]).await;
+        h.raw(&h.with_token("bad"), "GET", &format!("{base}/policies"), vec![]).await;
+    }
+    h.raw(&admin, "GET", "/health", vec![]).await;
+    h.raw(&admin, "GET", "/", vec![]).await;
+}
+
+#[test]
+#[should_panic(expected = "does not match the spec")]
+fn the_validator_catches_a_wrong_body() {
+    validate_response(
+        "GET",
+        "/networking/v1/external/policies",
+        200,
+        Some("application/json"),
+        r#"{"total_policies":"one","policies":[]}"#,
+    );
+}
+
+#[test]
+#[should_panic(expected = "does not document")]
+fn the_validator_catches_an_undocumented_status() {
+    validate_response("GET", "/networking/v1/external/tags", 400, Some("application/json"), r#"{"error": "x"}"#);
+}
