@@ -110,6 +110,9 @@ impl Default for CloudControllerConfig {
 pub struct Config {
     /// External API listen address.
     pub listen: SocketAddr,
+    /// Serve the external API over HTTPS with these files (adds HSTS, as upstream's
+    /// `enable_tls`). Without it the API is plain HTTP, for TLS terminated in front.
+    pub tls: Option<crate::tls::TlsFiles>,
     /// Prometheus `/metrics` (and `/health`) listen address; keep it on loopback or a
     /// management network.
     pub metrics_listen: Option<SocketAddr>,
@@ -139,6 +142,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 4002)),
+            tls: None,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 31821))),
             database_url: "sqlite:///var/vcap/store/c2c/policy-server.db?mode=rwc".into(),
             database_max_connections: 20,

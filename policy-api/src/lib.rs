@@ -16,6 +16,7 @@ pub mod quota;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod uptime;
 
 pub use api::router;

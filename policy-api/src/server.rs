@@ -28,6 +28,8 @@ pub fn prometheus() -> PrometheusHandle {
 pub enum ServeError {
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error("external API TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -35,6 +37,7 @@ pub enum ServeError {
 /// A running policy server. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
     pub addr: SocketAddr,
+    scheme: &'static str,
     pub metrics_addr: Option<SocketAddr>,
     pub state: AppState,
     stop: watch::Sender<bool>,
@@ -55,9 +58,16 @@ impl Server {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
 
+        // Certificates are read before binding, so a bad file fails start-up at once.
+        let tls = config.tls.as_ref().map(|t| t.server_config()).transpose()?;
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
-        tasks.push(spawn_serving(listener, api::router(state.clone()), stopped.clone()));
+        let router = api::router(state.clone());
+        tasks.push(match tls {
+            Some(tls) => tokio::spawn(crate::tls::serve(listener, tls, router, stopped.clone())),
+            None => spawn_serving(listener, router, stopped.clone()),
+        });
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
 
         let mut metrics_addr = None;
         if let Some(m) = config.metrics_listen {
@@ -69,11 +79,11 @@ impl Server {
         let background =
             vec![cleanup::spawn_periodic(state.store.clone(), state.cc.clone(), config.cleanup_interval())];
         tracing::info!(listen_address = %addr, metrics = ?metrics_addr, "starting external server");
-        Ok(Server { addr, metrics_addr, state, stop, tasks, background })
+        Ok(Server { addr, scheme, metrics_addr, state, stop, tasks, background })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Stops accepting, lets in-flight requests finish (up to a minute, as upstream), stops

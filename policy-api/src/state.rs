@@ -125,7 +125,7 @@ impl AppState {
                 max_policies_per_app_source: config.max_policies_per_app_source,
                 self_service: config.enable_space_developer_self_service,
                 allowed_cors_domains: config.allowed_cors_domains.clone(),
-                tls: false,
+                tls: config.tls.is_some(),
             },
             started: Instant::now(),
         })))

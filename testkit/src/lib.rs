@@ -5,6 +5,7 @@
 
 pub mod cloud_controller;
 pub mod keys;
+pub mod pki;
 pub mod server;
 pub mod uaa;
 

@@ -44,3 +44,45 @@ async fn es256_tokens_are_accepted() {
     assert_eq!(client.whoami().await.unwrap().into_inner().subject, "admin");
     server.shutdown().await;
 }
+
+/// `tls` in the config: the external API speaks HTTPS only and sends HSTS, as upstream's
+/// `enable_tls`.
+#[tokio::test]
+async fn external_api_over_tls() {
+    let dir = std::env::temp_dir().join(format!("c2c-tls-{}", std::process::id()));
+    let ca = testkit::pki::TestCa::new(&dir, "ca");
+    let server_cert = ca.server("policy-server", &[]);
+    let cf = testkit::Cf::start().await.unwrap();
+    let db = harness::TestDb::create(harness::Backend::Sqlite).await;
+    let mut config = harness::config_for(&cf, &db);
+    config.tls = Some(policy_api::tls::TlsFiles {
+        cert_file: server_cert.cert.clone(),
+        key_file: server_cert.key.clone(),
+        client_ca_file: None,
+    });
+    let server = policy_api::Server::start(&config).await.unwrap();
+    assert!(server.url().starts_with("https://"));
+
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {}", cf.uaa.user_token("admin")).parse().unwrap());
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem.as_bytes()).unwrap())
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    let client = policy_client::Client::new_with_client(&server.url(), http.clone());
+    assert_eq!(client.whoami().await.unwrap().into_inner().subject, "admin");
+    let resp = http.get(format!("{}/networking/v1/external/tags", server.url())).send().await.unwrap();
+    assert_eq!(resp.headers()["strict-transport-security"], "max-age=31536000");
+
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = reqwest::Client::new().get(format!("http://{}/", server.addr)).send().await;
+    assert!(plain.is_err(), "plain HTTP must not be served on the TLS port");
+    server.shutdown().await;
+
+    // A missing key file stops start-up with a message naming it.
+    config.tls.as_mut().unwrap().key_file = dir.join("missing.key");
+    let err = policy_api::Server::start(&config).await.err().expect("start must fail").to_string();
+    assert!(err.contains("missing.key"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
