@@ -208,6 +208,14 @@ impl Caller {
     }
 }
 
+impl axum::extract::FromRequestParts<Arc<Inner>> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, cc: &Arc<Inner>) -> Result<Self, Response> {
+        authenticate(cc, &parts.headers)
+    }
+}
+
 #[allow(clippy::result_large_err)] // the error is the answer, returned at once
 fn authenticate(cc: &Inner, headers: &HeaderMap) -> Result<Caller, Response> {
     cc.requests.fetch_add(1, Ordering::Relaxed);
@@ -374,15 +382,7 @@ async fn v3_root(State(cc): State<Arc<Inner>>) -> Json<Value> {
         "roles": {"href": format!("{base}/v3/roles")}}}))
 }
 
-async fn list_apps(
-    State(cc): State<Arc<Inner>>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let caller = match authenticate(&cc, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn list_apps(State(cc): State<Arc<Inner>>, caller: Caller, Query(q): Query<HashMap<String, String>>) -> Response {
     let base = cc.base.read().expect("lock").clone();
     let world = cc.world.read().expect("lock");
     let (guids, names, spaces) = (list_param(&q, "guids"), list_param(&q, "names"), list_param(&q, "space_guids"));
@@ -398,11 +398,7 @@ async fn list_apps(
     paginate(&base, "/v3/apps", &q, items)
 }
 
-async fn get_app(State(cc): State<Arc<Inner>>, headers: HeaderMap, Path(guid): Path<String>) -> Response {
-    let caller = match authenticate(&cc, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn get_app(State(cc): State<Arc<Inner>>, caller: Caller, Path(guid): Path<String>) -> Response {
     let base = cc.base.read().expect("lock").clone();
     let world = cc.world.read().expect("lock");
     match world.apps.iter().find(|a| a.guid == guid && caller.can_see_space(&world, &a.space)) {
@@ -413,13 +409,9 @@ async fn get_app(State(cc): State<Arc<Inner>>, headers: HeaderMap, Path(guid): P
 
 async fn list_spaces(
     State(cc): State<Arc<Inner>>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let caller = match authenticate(&cc, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let base = cc.base.read().expect("lock").clone();
     let world = cc.world.read().expect("lock");
     let (guids, names, orgs) = (list_param(&q, "guids"), list_param(&q, "names"), list_param(&q, "organization_guids"));
@@ -433,11 +425,7 @@ async fn list_spaces(
     paginate(&base, "/v3/spaces", &q, items)
 }
 
-async fn get_space(State(cc): State<Arc<Inner>>, headers: HeaderMap, Path(guid): Path<String>) -> Response {
-    let caller = match authenticate(&cc, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn get_space(State(cc): State<Arc<Inner>>, caller: Caller, Path(guid): Path<String>) -> Response {
     let base = cc.base.read().expect("lock").clone();
     let world = cc.world.read().expect("lock");
     match world.spaces.iter().find(|s| s.guid == guid && caller.can_see_space(&world, &s.guid)) {
@@ -446,15 +434,7 @@ async fn get_space(State(cc): State<Arc<Inner>>, headers: HeaderMap, Path(guid):
     }
 }
 
-async fn list_orgs(
-    State(cc): State<Arc<Inner>>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let caller = match authenticate(&cc, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn list_orgs(State(cc): State<Arc<Inner>>, caller: Caller, Query(q): Query<HashMap<String, String>>) -> Response {
     let base = cc.base.read().expect("lock").clone();
     let world = cc.world.read().expect("lock");
     let (guids, names) = (list_param(&q, "guids"), list_param(&q, "names"));
@@ -468,11 +448,7 @@ async fn list_orgs(
     paginate(&base, "/v3/organizations", &q, items)
 }
 
-async fn get_org(State(cc): State<Arc<Inner>>, headers: HeaderMap, Path(guid): Path<String>) -> Response {
-    let caller = match authenticate(&cc, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn get_org(State(cc): State<Arc<Inner>>, caller: Caller, Path(guid): Path<String>) -> Response {
     let base = cc.base.read().expect("lock").clone();
     let world = cc.world.read().expect("lock");
     match world.orgs.iter().find(|o| o.guid == guid && caller.can_see_org(&world, &o.guid)) {
@@ -483,13 +459,9 @@ async fn get_org(State(cc): State<Arc<Inner>>, headers: HeaderMap, Path(guid): P
 
 async fn list_roles(
     State(cc): State<Arc<Inner>>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let caller = match authenticate(&cc, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let base = cc.base.read().expect("lock").clone();
     let world = cc.world.read().expect("lock");
     let (types, users, spaces) = (list_param(&q, "types"), list_param(&q, "user_guids"), list_param(&q, "space_guids"));
