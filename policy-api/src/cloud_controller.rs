@@ -230,6 +230,13 @@ impl CloudController {
     }
 }
 
+impl CloudController {
+    /// Every security group (v3), as raw resources.
+    pub async fn security_groups(&self) -> Result<Vec<serde_json::Value>, CcError> {
+        self.all_pages(format!("{}/v3/security_groups?per_page=5000", self.base)).await
+    }
+}
+
 fn path_of(url: &str) -> String {
     url::Url::parse(url).map(|u| u.path().to_string()).unwrap_or_default()
 }

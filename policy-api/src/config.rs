@@ -105,6 +105,45 @@ impl Default for CloudControllerConfig {
     }
 }
 
+/// The cells' API: mTLS only (a client certificate from `tls.client_ca_file` is required).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct InternalConfig {
+    pub listen: SocketAddr,
+    /// Server certificate, key and the CA that signed the cells' client certificates.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// How often the database's version counters are checked for changes made through other
+    /// replicas (local changes are picked up at once).
+    pub snapshot_poll_interval_ms: u64,
+    /// Longest `wait` a watching cell may ask for.
+    pub max_watch_secs: u64,
+    /// The overlay network cut into per-cell subnets.
+    pub overlay_network: String,
+    pub subnet_prefix_length: u8,
+    /// A lease not renewed for this long may be given to another cell.
+    pub lease_expiration_secs: u64,
+    /// How often expired discovery registrations are removed.
+    pub registration_prune_interval_secs: u64,
+    /// How often security groups are read from Cloud Controller (by one replica).
+    pub asg_sync_interval_secs: u64,
+}
+
+impl Default for InternalConfig {
+    fn default() -> Self {
+        InternalConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4003)),
+            tls: None,
+            snapshot_poll_interval_ms: 1000,
+            max_watch_secs: 60,
+            overlay_network: "10.255.0.0/16".into(),
+            subnet_prefix_length: 24,
+            lease_expiration_secs: 7 * 24 * 3600,
+            registration_prune_interval_secs: 10,
+            asg_sync_interval_secs: 60,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -136,6 +175,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub uaa: UaaConfig,
     pub cloud_controller: CloudControllerConfig,
+    /// The cells' API; served only when `internal.tls` is set.
+    pub internal: InternalConfig,
 }
 
 impl Default for Config {
@@ -156,6 +197,7 @@ impl Default for Config {
             log_format: LogFormat::Json,
             uaa: UaaConfig::default(),
             cloud_controller: CloudControllerConfig::default(),
+            internal: InternalConfig::default(),
         }
     }
 }
@@ -190,6 +232,17 @@ impl Config {
         }
         if self.database_max_connections < 1 {
             return bad("database_max_connections must be at least 1");
+        }
+        if let Some(tls) = &self.internal.tls
+            && tls.client_ca_file.is_none()
+        {
+            return bad("internal.tls.client_ca_file is required: the cells' API accepts only client certificates");
+        }
+        if let Err(e) = crate::leases::Pool::new(&self.internal.overlay_network, self.internal.subnet_prefix_length) {
+            return Err(ConfigError::Invalid(format!("internal.overlay_network: {e}")));
+        }
+        if self.internal.snapshot_poll_interval_ms == 0 || self.internal.asg_sync_interval_secs == 0 {
+            return bad("internal.snapshot_poll_interval_ms and internal.asg_sync_interval_secs must be positive");
         }
         for (name, url) in [("uaa.url", &self.uaa.url), ("cloud_controller.url", &self.cloud_controller.url)] {
             if url::Url::parse(url).is_err() {

@@ -3,17 +3,21 @@
 //! around [`server::Server`].
 
 pub mod api;
+pub mod asgs;
 pub mod auth;
 pub mod authz;
 pub mod cleanup;
 pub mod cloud_controller;
 pub mod config;
 pub mod dev;
+pub mod discovery;
 pub mod gojson;
+pub mod leases;
 pub mod mapper;
 pub mod policy;
 pub mod quota;
 pub mod server;
+pub mod snapshot;
 pub mod state;
 pub mod store;
 pub mod tls;

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -39,6 +40,8 @@ pub struct Server {
     pub addr: SocketAddr,
     scheme: &'static str,
     pub metrics_addr: Option<SocketAddr>,
+    /// The cells' API (mTLS), when configured.
+    pub internal_addr: Option<SocketAddr>,
     pub state: AppState,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -54,7 +57,7 @@ impl Server {
     /// metrics listener, and starts the periodic stale-policy cleanup.
     pub async fn start(config: &Config) -> Result<Server, ServeError> {
         let handle = prometheus();
-        let state = AppState::from_config(config).await?;
+        let (state, loader) = AppState::from_config(config).await?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
 
@@ -76,10 +79,31 @@ impl Server {
             tasks.push(spawn_serving(listener, api::metrics_router(handle), stopped.clone()));
         }
 
-        let background =
-            vec![cleanup::spawn_periodic(state.store.clone(), state.cc.clone(), config.cleanup_interval())];
+        let mut background =
+            vec![loader, cleanup::spawn_periodic(state.store.clone(), state.cc.clone(), config.cleanup_interval())];
+
+        let mut internal_addr = None;
+        if let Some(files) = &config.internal.tls {
+            let tls = files.server_config()?;
+            let listener = bind(config.internal.listen).await?;
+            internal_addr = listener.local_addr().ok();
+            let router = api::internal_router(state.clone());
+            tasks.push(tokio::spawn(crate::tls::serve(listener, tls, router, stopped.clone())));
+            background.push(crate::asgs::spawn_syncer(
+                state.store.clone(),
+                state.cc.clone(),
+                state.snapshots.clone(),
+                Duration::from_secs(config.internal.asg_sync_interval_secs),
+            ));
+            background.push(crate::discovery::spawn_pruner(
+                state.store.clone(),
+                state.snapshots.clone(),
+                Duration::from_secs(config.internal.registration_prune_interval_secs),
+            ));
+            tracing::info!(listen_address = ?internal_addr, "starting internal server");
+        }
         tracing::info!(listen_address = %addr, metrics = ?metrics_addr, "starting external server");
-        Ok(Server { addr, scheme, metrics_addr, state, stop, tasks, background })
+        Ok(Server { addr, scheme, metrics_addr, internal_addr, state, stop, tasks, background })
     }
 
     pub fn url(&self) -> String {

@@ -17,8 +17,18 @@ pub struct Settings {
     pub tls: bool,
 }
 
+/// Settings of the cells' API.
+#[derive(Debug, Clone)]
+pub struct InternalSettings {
+    pub pool: crate::leases::Pool,
+    pub lease_expiration: Duration,
+    pub max_watch: Duration,
+}
+
 pub struct Inner {
     pub store: Store,
+    pub snapshots: crate::snapshot::Snapshots,
+    pub internal: InternalSettings,
     pub verifier: Verifier,
     pub cc: Arc<CloudController>,
     pub settings: Settings,
@@ -40,6 +50,8 @@ impl std::ops::Deref for AppState {
 pub enum StartError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("internal API: {0}")]
+    Internal(String),
     #[error("HTTP client for {what}: {message}")]
     Http { what: &'static str, message: String },
 }
@@ -72,7 +84,8 @@ pub fn http_client(
 }
 
 impl AppState {
-    pub async fn from_config(config: &Config) -> Result<AppState, StartError> {
+    /// Builds the state and starts the snapshot loader (returned, to stop it on shutdown).
+    pub async fn from_config(config: &Config) -> Result<(AppState, tokio::task::JoinHandle<()>), StartError> {
         let store = Store::connect(
             &config.database_url,
             &StoreOptions {
@@ -117,8 +130,20 @@ impl AppState {
             token,
             Duration::from_secs(cc_config.cache_ttl_secs),
         ));
-        Ok(AppState(Arc::new(Inner {
+        let internal = &config.internal;
+        let pool = crate::leases::Pool::new(&internal.overlay_network, internal.subnet_prefix_length)
+            .map_err(|e| StartError::Internal(e.to_string()))?;
+        let (snapshots, loader) =
+            crate::snapshot::Snapshots::start(store.clone(), Duration::from_millis(internal.snapshot_poll_interval_ms))
+                .await?;
+        let state = AppState(Arc::new(Inner {
             store,
+            snapshots,
+            internal: InternalSettings {
+                pool,
+                lease_expiration: Duration::from_secs(internal.lease_expiration_secs),
+                max_watch: Duration::from_secs(internal.max_watch_secs),
+            },
             verifier,
             cc,
             settings: Settings {
@@ -128,6 +153,7 @@ impl AppState {
                 tls: config.tls.is_some(),
             },
             started: Instant::now(),
-        })))
+        }));
+        Ok((state, loader))
     }
 }

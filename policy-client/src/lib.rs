@@ -50,6 +50,27 @@ pub fn error_status<T>(err: &Error<T>) -> Option<u16> {
     err.status().map(|s| s.as_u16())
 }
 
+/// What a conditional request (`If-None-Match`, optionally with `wait`) came back with.
+#[derive(Debug)]
+pub enum Watched<T> {
+    /// A new answer and its `ETag`.
+    Changed { value: T, etag: Option<String> },
+    /// `304 Not Modified`: the answer is still the one with the tag sent.
+    NotModified,
+}
+
+/// Turns the result of a watchable call into [`Watched`]: a 304 is not an error.
+pub fn watched<T>(result: Result<ResponseValue<T>, Error<types::Error>>) -> Result<Watched<T>, Error<types::Error>> {
+    match result {
+        Ok(resp) => {
+            let etag = resp.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_string);
+            Ok(Watched::Changed { value: resp.into_inner(), etag })
+        }
+        Err(e) if e.status().map(|s| s.as_u16()) == Some(304) => Ok(Watched::NotModified),
+        Err(e) => Err(e),
+    }
+}
+
 impl types::Policy {
     /// A policy from `source` to `destination` on `protocol` ports `start..=end`.
     pub fn new(source: &str, destination: &str, protocol: types::Protocol, start: i32, end: i32) -> Self {

@@ -56,6 +56,24 @@ pub struct Role {
     pub org: Option<String>,
 }
 
+/// An application security group as Cloud Controller v3 holds it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SecurityGroup {
+    pub guid: String,
+    pub name: String,
+    /// The v3 rule objects (`protocol`, `destination`, `ports`, ...).
+    #[serde(default)]
+    pub rules: Vec<Value>,
+    #[serde(default)]
+    pub running_default: bool,
+    #[serde(default)]
+    pub staging_default: bool,
+    #[serde(default)]
+    pub running_spaces: Vec<String>,
+    #[serde(default)]
+    pub staging_spaces: Vec<String>,
+}
+
 /// The world the double serves; also the format of fixture files (JSON).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Fixture {
@@ -67,6 +85,8 @@ pub struct Fixture {
     pub apps: Vec<App>,
     #[serde(default)]
     pub roles: Vec<Role>,
+    #[serde(default)]
+    pub security_groups: Vec<SecurityGroup>,
 }
 
 #[derive(Debug)]
@@ -111,6 +131,7 @@ impl CloudController {
             .route("/v3/organizations", get(list_orgs))
             .route("/v3/organizations/{guid}", get(get_org))
             .route("/v3/roles", get(list_roles))
+            .route("/v3/security_groups", get(list_security_groups))
             .with_state(inner.clone());
         let running = serve(router, addr).await?;
         *inner.base.write().expect("lock") = running.url();
@@ -158,6 +179,17 @@ impl CloudController {
             space: Some(space.into()),
             org: None,
         });
+    }
+
+    /// Adds or replaces a security group.
+    pub fn put_security_group(&self, group: SecurityGroup) {
+        let mut world = self.inner.world.write().expect("lock");
+        world.security_groups.retain(|g| g.guid != group.guid);
+        world.security_groups.push(group);
+    }
+
+    pub fn delete_security_group(&self, guid: &str) {
+        self.inner.world.write().expect("lock").security_groups.retain(|g| g.guid != guid);
     }
 
     /// Number of API requests served (not counting the root documents).
@@ -480,4 +512,32 @@ async fn list_roles(
         .map(|(i, r)| role_json(&base, i, r))
         .collect();
     paginate(&base, "/v3/roles", &q, items)
+}
+
+async fn list_security_groups(
+    State(cc): State<Arc<Inner>>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let base = cc.base.read().expect("lock").clone();
+    if !caller.is_admin() {
+        return paginate(&base, "/v3/security_groups", &q, Vec::new());
+    }
+    let world = cc.world.read().expect("lock");
+    let data = |spaces: &Vec<String>| json!({"data": spaces.iter().map(|s| json!({"guid": s})).collect::<Vec<_>>()});
+    let items: Vec<Value> = world
+        .security_groups
+        .iter()
+        .map(|g| {
+            json!({
+                "guid": g.guid, "name": g.name,
+                "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+                "globally_enabled": {"running": g.running_default, "staging": g.staging_default},
+                "rules": g.rules,
+                "relationships": {"running_spaces": data(&g.running_spaces), "staging_spaces": data(&g.staging_spaces)},
+                "links": {"self": {"href": format!("{base}/v3/security_groups/{}", g.guid)}},
+            })
+        })
+        .collect();
+    paginate(&base, "/v3/security_groups", &q, items)
 }

@@ -9,7 +9,7 @@ pub mod pki;
 pub mod server;
 pub mod uaa;
 
-pub use cloud_controller::{App, CloudController, Fixture, Org, Role, Space};
+pub use cloud_controller::{App, CloudController, Fixture, Org, Role, SecurityGroup, Space};
 pub use keys::SigningAlg;
 pub use uaa::{Claims, OAuthClient, TokenRequest, Uaa, User};
 
@@ -68,5 +68,6 @@ pub fn standard_fixture() -> Fixture {
             dev("carol-guid", "space-2"),
             dev("bob-guid", "space-1"),
         ],
+        security_groups: vec![],
     }
 }

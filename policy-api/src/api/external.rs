@@ -39,7 +39,7 @@ pub async fn whoami(_v: Version, Admin(caller): Admin) -> Response {
 
 /// Reads at most [`BODY_LIMIT`] bytes. An oversized body is still drained (up to a cap) so
 /// the client, which is usually still sending, gets to read the 400 instead of a reset.
-async fn read_body(body: Body, message: &'static str) -> Result<bytes::Bytes, ApiError> {
+pub async fn read_body(body: Body, message: &'static str) -> Result<bytes::Bytes, ApiError> {
     use futures::StreamExt;
     const DRAIN_CAP: usize = 8 * BODY_LIMIT;
     let mut stream = body.into_data_stream();
@@ -98,6 +98,7 @@ pub async fn create_policies(
         tracing::error!(error = %e, "database create failed");
         ApiError::internal("database create failed")
     })?;
+    state.snapshots.changed();
     tracing::info!(policies = policies.len(), userName = caller.display_name(), "created-policies");
     tracing::debug!(policies = ?policies, "created-policies");
     Ok(empty_ok())
@@ -116,6 +117,7 @@ pub async fn delete_policies(
         tracing::error!(error = %e, "database delete failed");
         ApiError::internal("database delete failed")
     })?;
+    state.snapshots.changed();
     tracing::info!(policies = policies.len(), userName = caller.display_name(), "deleted-policies");
     tracing::debug!(policies = ?policies, "deleted-policies");
     Ok(empty_ok())
@@ -168,6 +170,7 @@ pub async fn cleanup(State(state): State<AppState>, _v: Version, Admin(_caller):
         tracing::error!(error = %e, "policies cleanup failed");
         ApiError::internal("policies cleanup failed")
     })?;
+    state.snapshots.changed();
     // Always the v1 shape, also under /v0/, as upstream.
     Ok(json_body(StatusCode::OK, mapper::list_v1(&stale)))
 }

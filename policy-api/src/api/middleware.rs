@@ -1,5 +1,5 @@
-//! Around every routed request: request id, structured log span, Prometheus metrics,
-//! upstream's security headers and CORS origin echo.
+//! Around every routed request: request id, structured log span, Prometheus metrics, and the
+//! headers upstream adds (external: security headers and CORS origin echo; internal: HSTS).
 
 use std::time::Instant;
 
@@ -9,33 +9,47 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
-use super::EXTERNAL_ROUTES;
+use super::{EXTERNAL_ROUTES, INTERNAL_ROUTES, Route};
 use crate::state::AppState;
 
 pub const REQUEST_ID: &str = "x-vcap-request-id";
 
-fn route_name(path: &str, method: &Method) -> &'static str {
-    EXTERNAL_ROUTES.iter().find(|r| r.path == path && r.method == method.as_str()).map(|r| r.name).unwrap_or("Other")
+fn route_name(routes: &[Route], path: &str, method: &Method) -> &'static str {
+    routes.iter().find(|r| r.path == path && r.method == method.as_str()).map(|r| r.name).unwrap_or("Other")
 }
 
-pub async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Runs the request inside a span with a request id (`<incoming>::<new>` when the client
+/// sent one), records its metrics and echoes the id. OPTIONS is answered outside upstream's
+/// logging wrapper: no request id, no metric.
+async fn instrumented(routes: &[Route], req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let preflight = method == Method::OPTIONS;
-
-    // OPTIONS is answered outside upstream's logging wrapper: no request id, no metric.
-    let request_id = (!preflight).then(|| {
-        let fresh = uuid::Uuid::new_v4().to_string();
-        match req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
-            Some(incoming) if !incoming.is_empty() => format!("{incoming}::{fresh}"),
-            _ => fresh,
-        }
-    });
-    let span = tracing::info_span!("request", request_guid = request_id.as_deref().unwrap_or(""), method = %method, path = %path);
+    if method == Method::OPTIONS {
+        return next.run(req).await;
+    }
+    let fresh = uuid::Uuid::new_v4().to_string();
+    let request_id = match req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        Some(incoming) if !incoming.is_empty() => format!("{incoming}::{fresh}"),
+        _ => fresh,
+    };
+    let span = tracing::info_span!("request", request_guid = %request_id, method = %method, path = %path);
     let mut resp = next.run(req).instrument(span.clone()).await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    let name = route_name(routes, &path, &method);
+    let status = resp.status().as_u16().to_string();
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::counter!("c2c_http_requests_total", "route" => name, "status" => status).increment(1);
+    metrics::histogram!("c2c_http_request_duration_seconds", "route" => name).record(elapsed);
+    span.in_scope(|| tracing::debug!(status = resp.status().as_u16(), elapsed_ms = elapsed * 1e3, "done"));
+    resp
+}
 
+pub async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut resp = instrumented(EXTERNAL_ROUTES, req, next).await;
     let h = resp.headers_mut();
     h.insert("x-xss-protection", HeaderValue::from_static("1; mode=block"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -52,16 +66,11 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
     {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     }
-    if let Some(id) = request_id {
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            h.insert(REQUEST_ID, v);
-        }
-        let name = route_name(&path, &method);
-        let status = resp.status().as_u16().to_string();
-        let elapsed = started.elapsed().as_secs_f64();
-        metrics::counter!("c2c_http_requests_total", "route" => name, "status" => status).increment(1);
-        metrics::histogram!("c2c_http_request_duration_seconds", "route" => name).record(elapsed);
-        span.in_scope(|| tracing::debug!(status = resp.status().as_u16(), elapsed_ms = elapsed * 1e3, "done"));
-    }
+    resp
+}
+
+pub async fn observe_internal(req: Request, next: Next) -> Response {
+    let mut resp = instrumented(INTERNAL_ROUTES, req, next).await;
+    resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
     resp
 }

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod external;
 pub mod extract;
+pub mod internal;
 pub mod middleware;
 
 use axum::Router;
@@ -41,6 +42,24 @@ pub const EXTERNAL_ROUTES: &[Route] = &[
     route("TagsIndex", "GET", "/networking/{version}/external/tags"),
 ];
 
+/// The cells' API (mTLS listener). Any `{version}` segment is accepted, as upstream; the
+/// spec documents `v1`.
+pub const INTERNAL_ROUTES: &[Route] = &[
+    route("CreateTags", "PUT", "/networking/v1/internal/tags"),
+    route("InternalPolicies", "GET", "/networking/{version}/internal/policies"),
+    route("InternalPoliciesLastUpdated", "GET", "/networking/{version}/internal/policies_last_updated"),
+    route("InternalSecurityGroups", "GET", "/networking/{version}/internal/security_groups"),
+    route("LeasesIndex", "GET", "/leases"),
+    route("LeasesAcquire", "PUT", "/leases/acquire"),
+    route("LeasesRenew", "PUT", "/leases/renew"),
+    route("LeasesRelease", "PUT", "/leases/release"),
+    route("RegisterCell", "PUT", "/v1/cells/{cell}/registrations"),
+    route("DeregisterCell", "DELETE", "/v1/cells/{cell}/registrations"),
+    route("Registrations", "GET", "/v1/registrations"),
+    route("Registration", "GET", "/v1/registration/{hostname}"),
+    route("InternalHealth", "GET", "/health"),
+];
+
 /// Routes of the metrics listener.
 pub const METRICS_ROUTES: &[Route] = &[route("Metrics", "GET", "/metrics")];
 
@@ -71,6 +90,39 @@ fn handler(name: &str, method: &str) -> MethodRouter<AppState> {
         ("TagsIndex", _) => on(GET, external::tags),
         (other, m) => unreachable!("route table names {m} {other} without a handler"),
     }
+}
+
+fn internal_handler(name: &str) -> MethodRouter<AppState> {
+    use axum::routing::{delete, put};
+    match name {
+        "CreateTags" => put(internal::create_tag),
+        "InternalPolicies" => on(GET, internal::policies),
+        "InternalPoliciesLastUpdated" => on(GET, internal::policies_last_updated),
+        "InternalSecurityGroups" => on(GET, internal::security_groups),
+        "LeasesIndex" => on(GET, internal::leases),
+        "LeasesAcquire" => put(internal::acquire_lease),
+        "LeasesRenew" => put(internal::renew_lease),
+        "LeasesRelease" => put(internal::release_lease),
+        "RegisterCell" => put(internal::register_cell),
+        "DeregisterCell" => delete(internal::deregister_cell),
+        "Registrations" => on(GET, internal::registrations),
+        "Registration" => on(GET, internal::registration),
+        "InternalHealth" => on(GET, external::health),
+        other => unreachable!("route table names {other} without a handler"),
+    }
+}
+
+/// The cells' API router (serve it behind mTLS only).
+pub fn internal_router(state: AppState) -> Router {
+    let mut router: Router<AppState> = Router::new();
+    for (path, _) in paths_with_methods(INTERNAL_ROUTES) {
+        let mut method_router: MethodRouter<AppState> = MethodRouter::new();
+        for r in INTERNAL_ROUTES.iter().filter(|r| r.path == path) {
+            method_router = method_router.merge(internal_handler(r.name));
+        }
+        router = router.route(path, method_router);
+    }
+    router.route_layer(axum::middleware::from_fn(middleware::observe_internal)).fallback(not_found).with_state(state)
 }
 
 /// The external API router. Unknown paths get Go's `404 page not found`, known paths with

@@ -84,3 +84,115 @@ pub mod policies_info {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod security_groups {
+    use sea_orm::entity::prelude::*;
+
+    /// An application security group mirrored from Cloud Controller. `rules` is the JSON
+    /// array of rules as text; the space lists are JSON arrays of space GUIDs as text.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "security_groups")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        #[sea_orm(unique)]
+        pub guid: String,
+        pub name: String,
+        pub rules: String,
+        pub staging_default: bool,
+        pub running_default: bool,
+        pub staging_spaces: String,
+        pub running_spaces: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod subnets {
+    use sea_orm::entity::prelude::*;
+
+    /// A cell's overlay subnet lease, as silk-controller keeps them.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "subnets")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[sea_orm(unique)]
+        pub underlay_ip: String,
+        #[sea_orm(unique)]
+        pub overlay_subnet: String,
+        #[sea_orm(unique)]
+        pub overlay_hwaddr: String,
+        /// Unix seconds.
+        pub last_renewed_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod registrations {
+    use sea_orm::entity::prelude::*;
+
+    /// One internal route of one container, registered by its cell.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "registrations")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub cell: String,
+        pub hostname: String,
+        pub ip: String,
+        /// Unix seconds after which the registration no longer counts.
+        pub expires_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod change_versions {
+    use sea_orm::entity::prelude::*;
+
+    /// Version counters of data other than policies (`asgs`, `discovery`), bumped in the
+    /// transaction that changes it; replicas compare them to know when to reload.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "change_versions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        pub version: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod sync_locks {
+    use sea_orm::entity::prelude::*;
+
+    /// A lease on a background job, so one replica runs it at a time.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "sync_locks")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        pub holder: String,
+        /// Unix seconds.
+        pub expires_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -2,14 +2,16 @@
 
 use sea_orm_migration::prelude::*;
 
-use super::entities::{destinations, groups, policies, policies_info};
+use super::entities::{
+    change_versions, destinations, groups, policies, policies_info, registrations, security_groups, subnets, sync_locks,
+};
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001Policies)]
+        vec![Box::new(M0001Policies), Box::new(M0002CellsApi)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -123,6 +125,109 @@ impl MigrationTrait for M0001Policies {
             .into_table(policies_info::Entity)
             .columns([policies_info::Column::Id, policies_info::Column::Version, policies_info::Column::LastUpdatedNs])
             .values_panic([1.into(), 0i64.into(), 0i64.into()])
+            .to_owned();
+        manager.get_connection().execute(&insert).await?;
+        Ok(())
+    }
+}
+
+/// Tables of the cells' side: ASGs, subnet leases, discovery registrations, job locks.
+struct M0002CellsApi;
+
+impl MigrationName for M0002CellsApi {
+    fn name(&self) -> &str {
+        "m0002_cells_api"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0002CellsApi {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use security_groups::Column as Sg;
+        manager
+            .create_table(
+                Table::create()
+                    .table(security_groups::Entity)
+                    .if_not_exists()
+                    .col(ColumnDef::new(Sg::Id).big_integer().not_null().auto_increment().primary_key())
+                    .col(ColumnDef::new(Sg::Guid).string_len(36).not_null().unique_key())
+                    .col(ColumnDef::new(Sg::Name).string_len(255).not_null())
+                    .col(ColumnDef::new(Sg::Rules).text().not_null())
+                    .col(ColumnDef::new(Sg::StagingDefault).boolean().not_null().default(false))
+                    .col(ColumnDef::new(Sg::RunningDefault).boolean().not_null().default(false))
+                    .col(ColumnDef::new(Sg::StagingSpaces).text().not_null())
+                    .col(ColumnDef::new(Sg::RunningSpaces).text().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        use subnets::Column as Sn;
+        manager
+            .create_table(
+                Table::create()
+                    .table(subnets::Entity)
+                    .if_not_exists()
+                    .col(ColumnDef::new(Sn::Id).integer().not_null().auto_increment().primary_key())
+                    .col(ColumnDef::new(Sn::UnderlayIp).string_len(64).not_null().unique_key())
+                    .col(ColumnDef::new(Sn::OverlaySubnet).string_len(64).not_null().unique_key())
+                    .col(ColumnDef::new(Sn::OverlayHwaddr).string_len(17).not_null().unique_key())
+                    .col(ColumnDef::new(Sn::LastRenewedAt).big_integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        use registrations::Column as Rg;
+        manager
+            .create_table(
+                Table::create()
+                    .table(registrations::Entity)
+                    .if_not_exists()
+                    .col(ColumnDef::new(Rg::Id).big_integer().not_null().auto_increment().primary_key())
+                    .col(ColumnDef::new(Rg::Cell).string_len(255).not_null())
+                    .col(ColumnDef::new(Rg::Hostname).string_len(255).not_null())
+                    .col(ColumnDef::new(Rg::Ip).string_len(64).not_null())
+                    .col(ColumnDef::new(Rg::ExpiresAt).big_integer().not_null())
+                    .index(
+                        Index::create()
+                            .name("unique_registration")
+                            .unique()
+                            .col(Rg::Cell)
+                            .col(Rg::Hostname)
+                            .col(Rg::Ip),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(change_versions::Entity)
+                    .if_not_exists()
+                    .col(ColumnDef::new(change_versions::Column::Name).string_len(32).not_null().primary_key())
+                    .col(ColumnDef::new(change_versions::Column::Version).big_integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(sync_locks::Entity)
+                    .if_not_exists()
+                    .col(ColumnDef::new(sync_locks::Column::Name).string_len(64).not_null().primary_key())
+                    .col(ColumnDef::new(sync_locks::Column::Holder).string_len(255).not_null())
+                    .col(ColumnDef::new(sync_locks::Column::ExpiresAt).big_integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        let insert = Query::insert()
+            .into_table(change_versions::Entity)
+            .columns([change_versions::Column::Name, change_versions::Column::Version])
+            .values_panic(["asgs".into(), 0i64.into()])
+            .values_panic(["discovery".into(), 0i64.into()])
+            .to_owned();
+        manager.get_connection().execute(&insert).await?;
+        let insert = Query::insert()
+            .into_table(sync_locks::Entity)
+            .columns([sync_locks::Column::Name, sync_locks::Column::Holder, sync_locks::Column::ExpiresAt])
+            .values_panic(["asg-syncer".into(), "".into(), 0i64.into()])
             .to_owned();
         manager.get_connection().execute(&insert).await?;
         Ok(())

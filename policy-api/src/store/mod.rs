@@ -6,6 +6,7 @@
 //! (deadlocks, SQLite busy) is retried as a whole. Work per request is a fixed number of
 //! batched statements, not a handful per policy.
 
+mod cells;
 pub mod entities;
 mod migration;
 mod retry;
@@ -23,6 +24,8 @@ use sea_orm_migration::MigratorTrait;
 
 use crate::policy::{Policy, PolicyFilter, Protocol, TaggedPolicy, format_tag};
 use entities::{destinations, groups, policies, policies_info};
+
+pub use cells::{LeaseStoreError, Versions, now_secs};
 
 /// Upper bound of values bound in one statement, well under every backend's limit.
 const CHUNK: usize = 500;

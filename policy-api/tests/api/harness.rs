@@ -42,7 +42,7 @@ mod tempdir {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn unique_name() -> String {
+pub fn unique_name() -> String {
     format!("c2c_test_{}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), rand_suffix())
 }
 
@@ -124,6 +124,8 @@ impl Drop for TestDb {
 }
 
 pub struct Harness {
+    /// The test CA and its directory, when the cells' API is on.
+    pub pki: Option<(testkit::pki::TestCa, tempdir::TempDir)>,
     pub cf: testkit::Cf,
     pub server: Server,
     pub config: Config,
@@ -152,7 +154,54 @@ impl Harness {
         let mut config = config_for(&cf, &db);
         tweak(&mut config);
         let server = Server::start(&config).await.unwrap();
-        Harness { cf, server, config, db }
+        Harness { pki: None, cf, server, config, db }
+    }
+
+    /// A server with the cells' API on (mTLS, test CA), short background intervals.
+    pub async fn start_internal(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Harness {
+        let dir = std::env::temp_dir().join(unique_name());
+        let ca = testkit::pki::TestCa::new(&dir, "ca");
+        let server_cert = ca.server("policy-server", &[]);
+        let cf = testkit::Cf::start().await.unwrap();
+        let db = TestDb::create(backend).await;
+        let mut config = config_for(&cf, &db);
+        config.internal.listen = "127.0.0.1:0".parse().unwrap();
+        config.internal.tls = Some(policy_api::tls::TlsFiles {
+            cert_file: server_cert.cert,
+            key_file: server_cert.key,
+            client_ca_file: Some(server_cert.ca),
+        });
+        config.internal.snapshot_poll_interval_ms = 200;
+        config.internal.asg_sync_interval_secs = 1;
+        config.internal.registration_prune_interval_secs = 1;
+        tweak(&mut config);
+        let server = Server::start(&config).await.unwrap();
+        Harness { pki: Some((ca, tempdir::TempDir(dir))), cf, server, config, db }
+    }
+
+    pub fn internal_url(&self) -> String {
+        format!("https://{}", self.server.internal_addr.expect("internal API on"))
+    }
+
+    /// An HTTP client for the cells' API presenting a certificate of `ca` (the test CA when
+    /// `None`), or no certificate with `with_cert = false`.
+    pub fn cell_http(&self, ca: Option<&testkit::pki::TestCa>, with_cert: bool) -> reqwest::Client {
+        let own = &self.pki.as_ref().expect("internal API on").0;
+        let signer = ca.unwrap_or(own);
+        let mut builder = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(own.cert_pem.as_bytes()).unwrap());
+        if with_cert {
+            let cert = signer.client(&format!("cell-{}", unique_name()));
+            let mut pem = std::fs::read(&cert.cert).unwrap();
+            pem.extend(std::fs::read(&cert.key).unwrap());
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        builder.build().unwrap()
+    }
+
+    /// The generated client on the cells' API, as a cell with a good certificate.
+    pub fn cell(&self) -> Client {
+        Client::new_with_client(&self.internal_url(), self.cell_http(None, true))
     }
 
     pub fn url(&self) -> String {
@@ -182,7 +231,7 @@ impl Harness {
         path: &str,
         body: Vec<u8>,
     ) -> (u16, String, reqwest::header::HeaderMap) {
-        let url = format!("{}{}", self.url(), path);
+        let url = format!("{}{}", client.baseurl(), path);
         let req = client.client().request(method.parse().unwrap(), url).body(body);
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();

@@ -3,18 +3,31 @@
 
 mod harness;
 mod hygiene;
+mod internal;
 mod spec;
 mod suite;
 
 macro_rules! for_backends {
     ($($name:ident),* $(,)?) => {
-        mod sqlite { use crate::harness::Backend; $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { crate::suite::$name(Backend::Sqlite).await } )* }
-        mod postgres { use crate::harness::Backend; $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { crate::suite::$name(Backend::Postgres).await } )* }
-        mod mysql { use crate::harness::Backend; $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { crate::suite::$name(Backend::Mysql).await } )* }
+        mod sqlite { use crate::harness::Backend; $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { crate::$name(Backend::Sqlite).await } )* }
+        mod postgres { use crate::harness::Backend; $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { crate::$name(Backend::Postgres).await } )* }
+        mod mysql { use crate::harness::Backend; $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { crate::$name(Backend::Mysql).await } )* }
     };
 }
 
+use internal::*;
+use suite::*;
+
 for_backends!(
+    internal_policies_match_upstream,
+    etags_and_304,
+    watch_wakes_on_change_from_another_replica,
+    tags_for_other_groups,
+    security_groups_are_synced_and_paged,
+    only_one_replica_holds_the_sync_lock,
+    leases_like_silk,
+    lease_races_across_replicas,
+    discovery_registrations,
     create_list_and_idempotence,
     v0_create_and_delete_match_v1,
     filters,

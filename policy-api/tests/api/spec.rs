@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use policy_api::api::{EXTERNAL_ROUTES, METRICS_ROUTES, paths_with_methods};
+use policy_api::api::{EXTERNAL_ROUTES, INTERNAL_ROUTES, METRICS_ROUTES, paths_with_methods};
 
 fn spec() -> serde_yaml::Value {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/policy-server.yaml")).unwrap();
@@ -22,7 +22,18 @@ fn spec_routes() -> BTreeSet<(String, String)> {
     out
 }
 
+/// The cells' API: any version segment is accepted, the spec documents `v1`.
+pub fn internal_routes() -> BTreeSet<(String, String)> {
+    INTERNAL_ROUTES.iter().map(|r| (r.method.to_string(), r.path.replace("{version}", "v1"))).collect()
+}
+
 fn served_routes() -> BTreeSet<(String, String)> {
+    let mut out = external_and_metrics_routes();
+    out.extend(internal_routes());
+    out
+}
+
+fn external_and_metrics_routes() -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     for (path, methods) in paths_with_methods(EXTERNAL_ROUTES) {
         let versions: Vec<String> = if path.contains("{version}") {
@@ -59,7 +70,7 @@ async fn every_route_in_the_table_is_routed() {
     let db = crate::harness::TestDb::create(crate::harness::Backend::Sqlite).await;
     let server = policy_api::Server::start(&crate::harness::config_for(&cf, &db)).await.unwrap();
     let http = reqwest::Client::new();
-    for (method, path) in served_routes() {
+    for (method, path) in external_and_metrics_routes() {
         let base = if path == "/metrics" { format!("http://{}", server.metrics_addr.unwrap()) } else { server.url() };
         let resp = http.request(method.parse().unwrap(), format!("{base}{path}")).send().await.unwrap();
         assert!(![404, 405].contains(&resp.status().as_u16()), "{method} {path} answered {}", resp.status());
@@ -71,7 +82,8 @@ async fn every_route_in_the_table_is_routed() {
 /// body validates against the documented schema. Panics with the reason otherwise.
 pub fn validate_response(method: &str, path: &str, status: u16, content_type: Option<&str>, body: &str) {
     let spec = spec_json();
-    let path_only = path.split('?').next().unwrap_or(path);
+    let path_only = spec_path(spec, path.split('?').next().unwrap_or(path));
+    let path_only = path_only.as_str();
     let op = &spec["paths"][path_only][method.to_lowercase()];
     assert!(!op.is_null(), "{method} {path_only} is not in the spec");
     let mut response = op["responses"][status.to_string()].clone();
@@ -91,6 +103,25 @@ pub fn validate_response(method: &str, path: &str, status: u16, content_type: Op
     let validator = jsonschema::validator_for(&root).expect("spec schemas compile");
     let errors: Vec<String> = validator.iter_errors(&body).map(|e| format!("{e} at {}", e.instance_path())).collect();
     assert!(errors.is_empty(), "{method} {path_only} {status}: body does not match the spec: {errors:?}\n{body}");
+}
+
+/// The spec path a concrete request path falls under: templates match any one segment, and
+/// the internal API's version segment is documented as `v1`.
+fn spec_path(spec: &serde_json::Value, path: &str) -> String {
+    let mut segments: Vec<&str> = path.split('/').collect();
+    if segments.len() > 3 && segments[1] == "networking" && segments[3] == "internal" {
+        segments[2] = "v1";
+    }
+    let paths = spec["paths"].as_object().expect("paths");
+    paths
+        .keys()
+        .find(|template| {
+            let t: Vec<&str> = template.split('/').collect();
+            t.len() == segments.len()
+                && t.iter().zip(&segments).all(|(t, s)| (t.starts_with('{') && t.ends_with('}')) || t == s)
+        })
+        .cloned()
+        .unwrap_or_else(|| path.to_string())
 }
 
 fn spec_json() -> &'static serde_json::Value {

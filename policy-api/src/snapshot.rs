@@ -1,0 +1,264 @@
+//! The in-memory, versioned view of everything cells ask for (policies with tags, ASGs,
+//! discovery registrations). Cells are answered from it, never from SQL per request.
+//!
+//! A loader keeps it current: it wakes at once after a local write and otherwise checks the
+//! database's version counters every `poll_interval`, so changes made through another
+//! replica are seen within that interval (1 s by default) plus one reload. Each version is
+//! published through a `watch` channel, which is also what wakes long-polling cells.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, watch};
+
+use crate::asgs::SecurityGroup;
+use crate::discovery;
+use crate::mapper;
+use crate::policy::TaggedPolicy;
+use crate::store::{Store, StoreError, Versions};
+
+/// An answer with its entity tag (a hash of the body, so an unchanged answer keeps its tag
+/// across versions and watchers are not woken for changes that do not concern them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub etag: String,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn new(body: Vec<u8>) -> Answer {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        body.hash(&mut h);
+        Answer { etag: format!("\"{:016x}\"", h.finish()), body: Bytes::from(body) }
+    }
+}
+
+pub struct Snapshot {
+    pub versions: Versions,
+    pub policies: Vec<TaggedPolicy>,
+    /// app GUID → indices into `policies` (as source or destination), ascending.
+    by_app: HashMap<String, Vec<u32>>,
+    pub security_groups: Vec<SecurityGroup>,
+    pub registrations: BTreeMap<String, Vec<String>>,
+    /// Answers already rendered at this version, by request key.
+    answers: moka::sync::Cache<String, Arc<Answer>>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("versions", &self.versions)
+            .field("policies", &self.policies.len())
+            .field("security_groups", &self.security_groups.len())
+            .field("hostnames", &self.registrations.len())
+            .finish()
+    }
+}
+
+impl Snapshot {
+    pub fn new(
+        versions: Versions,
+        policies: Vec<TaggedPolicy>,
+        security_groups: Vec<SecurityGroup>,
+        registrations: BTreeMap<String, Vec<String>>,
+    ) -> Snapshot {
+        let mut by_app: HashMap<String, Vec<u32>> = HashMap::new();
+        for (i, t) in policies.iter().enumerate() {
+            by_app.entry(t.policy.source.clone()).or_default().push(i as u32);
+            if t.policy.destination != t.policy.source {
+                by_app.entry(t.policy.destination.clone()).or_default().push(i as u32);
+            }
+        }
+        Snapshot {
+            versions,
+            policies,
+            by_app,
+            security_groups,
+            registrations,
+            answers: moka::sync::Cache::builder().max_capacity(20_000).build(),
+        }
+    }
+
+    /// Policies whose source or destination is one of `ids` (all with `None`), in creation
+    /// order, each once.
+    pub fn policies_for<'a>(&'a self, ids: Option<&[&str]>) -> Vec<&'a TaggedPolicy> {
+        let Some(ids) = ids else { return self.policies.iter().collect() };
+        let mut idx: Vec<u32> = ids.iter().filter_map(|id| self.by_app.get(*id)).flatten().copied().collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter().map(|i| &self.policies[i as usize]).collect()
+    }
+
+    /// The internal policies answer for the `id` parameter (`None`: no parameter), rendered
+    /// once per version and request.
+    pub fn policies_answer(&self, id_param: Option<&str>) -> Arc<Answer> {
+        let key = match id_param {
+            None => "*".to_string(),
+            Some(ids) => format!("id={ids}"),
+        };
+        self.answers.get_with(key, || {
+            let ids: Option<Vec<&str>> = id_param.map(|s| s.split(',').collect());
+            Arc::new(Answer::new(mapper::list_v1_tagged(self.policies_for(ids.as_deref()))))
+        })
+    }
+
+    /// The discovery table answer.
+    pub fn registrations_answer(&self) -> Arc<Answer> {
+        self.answers.get_with("registrations".into(), || {
+            let table: Vec<serde_json::Value> =
+                self.registrations.iter().map(|(h, ips)| serde_json::json!({"hostname": h, "ips": ips})).collect();
+            Arc::new(Answer::new(serde_json::to_vec(&serde_json::json!({ "registrations": table })).expect("JSON")))
+        })
+    }
+}
+
+/// Owns the current snapshot and the loader that refreshes it.
+#[derive(Clone)]
+pub struct Snapshots {
+    rx: watch::Receiver<Arc<Snapshot>>,
+    tx: Arc<watch::Sender<Arc<Snapshot>>>,
+    wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Snapshots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshots").field("current", &*self.rx.borrow()).finish()
+    }
+}
+
+/// Loads the parts whose version differs from `previous` (everything without one).
+async fn load(store: &Store, versions: Versions, previous: Option<&Snapshot>) -> Result<Snapshot, StoreError> {
+    let policies = match previous {
+        Some(p) if p.versions.policies == versions.policies => p.policies.clone(),
+        _ => store.list(&crate::policy::PolicyFilter::All).await?,
+    };
+    let asgs = match previous {
+        Some(p) if p.versions.asgs == versions.asgs => p.security_groups.clone(),
+        _ => store.security_groups().await?,
+    };
+    let registrations = match previous {
+        Some(p) if p.versions.discovery == versions.discovery => p.registrations.clone(),
+        _ => discovery::table(store.live_registrations().await?),
+    };
+    Ok(Snapshot::new(versions, policies, asgs, registrations))
+}
+
+impl Snapshots {
+    /// Loads the first snapshot, then keeps it current in the background.
+    pub async fn start(
+        store: Store,
+        poll_interval: Duration,
+    ) -> Result<(Snapshots, tokio::task::JoinHandle<()>), StoreError> {
+        let versions = store.versions().await?;
+        let first = load(&store, versions, None).await?;
+        let (tx, rx) = watch::channel(Arc::new(first));
+        let snapshots = Snapshots { rx, tx: Arc::new(tx), wake: Arc::new(Notify::new()) };
+        let loader = snapshots.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = loader.wake.notified() => {}
+                    _ = tokio::time::sleep(poll_interval) => {}
+                }
+                if let Err(e) = loader.refresh(&store).await {
+                    metrics::counter!("c2c_snapshot_errors_total").increment(1);
+                    tracing::warn!(error = %e, "snapshot refresh failed; serving the last one");
+                }
+            }
+        });
+        Ok((snapshots, task))
+    }
+
+    /// Reloads what changed since the current snapshot, if anything did.
+    pub async fn refresh(&self, store: &Store) -> Result<(), StoreError> {
+        let versions = store.versions().await?;
+        let current = self.current();
+        if versions == current.versions {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let next = load(store, versions, Some(&current)).await?;
+        metrics::histogram!("c2c_snapshot_load_seconds").record(started.elapsed().as_secs_f64());
+        metrics::gauge!("c2c_snapshot_policies").set(next.policies.len() as f64);
+        self.tx.send_replace(Arc::new(next));
+        Ok(())
+    }
+
+    /// Asks the loader to look now (after a local write).
+    pub fn changed(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.rx.borrow().clone()
+    }
+
+    /// A receiver that wakes on every new snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.rx.clone()
+    }
+}
+
+/// Waits until `answer(snapshot)` has an entity tag other than `etag`, or `wait` passes.
+/// Returns the newest answer either way; the caller answers 304 if its tag is still `etag`.
+pub async fn watch_answer<F>(snapshots: &Snapshots, etag: Option<&str>, wait: Duration, answer: F) -> Arc<Answer>
+where
+    F: Fn(&Snapshot) -> Arc<Answer>,
+{
+    let mut rx = snapshots.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let current = answer(&rx.borrow_and_update().clone());
+        if etag != Some(current.etag.as_str()) || wait.is_zero() {
+            return current;
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return current,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Policy, Protocol};
+
+    fn tagged(s: &str, d: &str, port: u16) -> TaggedPolicy {
+        TaggedPolicy {
+            policy: Policy::new(s, d, Protocol::Tcp, port, port),
+            source_tag: "0001".into(),
+            destination_tag: "0002".into(),
+        }
+    }
+
+    fn snap(ps: Vec<TaggedPolicy>) -> Snapshot {
+        Snapshot::new(Versions::default(), ps, vec![], BTreeMap::new())
+    }
+
+    #[test]
+    fn policies_for_ids_are_in_order_and_unique() {
+        let s = snap(vec![tagged("a", "b", 1), tagged("c", "a", 2), tagged("b", "c", 3), tagged("a", "a", 4)]);
+        let ports = |v: Vec<&TaggedPolicy>| v.iter().map(|t| t.policy.start).collect::<Vec<_>>();
+        assert_eq!(ports(s.policies_for(Some(&["a"]))), vec![1, 2, 4]);
+        assert_eq!(ports(s.policies_for(Some(&["a", "b"]))), vec![1, 2, 3, 4]);
+        assert_eq!(ports(s.policies_for(Some(&[""]))), Vec::<u16>::new());
+        assert_eq!(ports(s.policies_for(None)), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn etags_follow_content_not_version() {
+        let a = snap(vec![tagged("a", "b", 1), tagged("c", "d", 2)]);
+        let mut b = snap(vec![tagged("a", "b", 1), tagged("c", "d", 3)]);
+        b.versions.policies = 7;
+        assert_eq!(a.policies_answer(Some("a")).etag, b.policies_answer(Some("a")).etag);
+        assert_ne!(a.policies_answer(Some("c")).etag, b.policies_answer(Some("c")).etag);
+        assert_eq!(
+            &a.policies_answer(Some("a")).body[..],
+            br#"{"total_policies":1,"policies":[{"source":{"id":"a","tag":"0001"},"destination":{"id":"b","tag":"0002","protocol":"tcp","ports":{"start":1,"end":1}}}]}"#
+        );
+    }
+}

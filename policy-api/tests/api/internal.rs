@@ -1,0 +1,385 @@
+//! The cells' API (mTLS): upstream-compatible internal endpoints from the snapshot, ETag and
+//! watch, subnet leases, discovery registrations, ASG sync.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use policy_client::types::{self, AcquireRequest, CellRegistrations, Lease, Policies, Policy, Protocol, Registration};
+use policy_client::{Watched, error_message, error_status, watched};
+
+use crate::harness::{Backend, Harness};
+
+fn p(src: &str, dst: &str, port: i32) -> Policy {
+    Policy::new(src, dst, Protocol::Tcp, port, port)
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub async fn internal_policies_match_upstream(backend: Backend) {
+    let h = Harness::start_internal(backend, |_| {}).await;
+    let cell = h.cell();
+    assert_eq!(cell.internal_policies(None, None, None).await.unwrap().into_inner().total_policies, 0);
+    let before: i64 = cell.internal_policies_last_updated().await.unwrap().into_inner();
+    h.admin()
+        .create_policies(&Policies {
+            policies: vec![p("app-1", "app-2", 8080), p("app-3", "app-2", 9000), p("app-2", "app-3", 1)],
+        })
+        .await
+        .unwrap();
+    // Local writes reach the snapshot at once (no poll interval to wait for).
+    eventually("the new policies", || async {
+        cell.internal_policies(None, None, None).await.unwrap().into_inner().total_policies == 3
+    })
+    .await;
+    let after: i64 = cell.internal_policies_last_updated().await.unwrap().into_inner();
+    assert!(after > before, "policies_last_updated moves with writes");
+
+    let list = cell.internal_policies(Some("app-1"), None, None).await.unwrap().into_inner();
+    assert_eq!(list.total_policies, 1);
+    let first = &list.policies[0];
+    assert_eq!((first.source.tag.as_deref(), first.destination.tag.as_deref()), (Some("01"), Some("02")));
+    let both = cell.internal_policies(Some("app-1,app-3"), None, None).await.unwrap().into_inner();
+    assert_eq!(both.total_policies, 3);
+    let none = cell.internal_policies(Some(""), None, None).await.unwrap().into_inner();
+    assert_eq!(none.total_policies, 0);
+    // Upstream's exact bytes for one policy.
+    let (status, body, _) = h.raw(&cell, "GET", "/networking/v1/internal/policies?id=app-1", vec![]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        r#"{"total_policies":1,"policies":[{"source":{"id":"app-1","tag":"01"},"destination":{"id":"app-2","tag":"02","protocol":"tcp","ports":{"start":8080,"end":8080}}}]}"#
+    );
+    // Any version segment works on the internal API, as upstream.
+    let (status, _, _) = h.raw(&cell, "GET", "/networking/v0/internal/policies?id=app-1", vec![]).await;
+    assert_eq!(status, 200);
+}
+
+pub async fn etags_and_304(backend: Backend) {
+    let h = Harness::start_internal(backend, |_| {}).await;
+    let cell = h.cell();
+    h.admin().create_policies(&Policies { policies: vec![p("app-1", "app-2", 1)] }).await.unwrap();
+    eventually("the policy", || async {
+        cell.internal_policies(None, None, None).await.unwrap().into_inner().total_policies == 1
+    })
+    .await;
+    let Watched::Changed { etag: Some(etag), .. } =
+        watched(cell.internal_policies(Some("app-1"), None, None).await).unwrap()
+    else {
+        panic!("first request must answer 200 with an ETag")
+    };
+    assert!(matches!(
+        watched(cell.internal_policies(Some("app-1"), None, Some(&etag)).await).unwrap(),
+        Watched::NotModified
+    ));
+    // A change elsewhere does not change this cell's answer.
+    h.admin().create_policies(&Policies { policies: vec![p("app-3", "app-3", 2)] }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(matches!(
+        watched(cell.internal_policies(Some("app-1"), None, Some(&etag)).await).unwrap(),
+        Watched::NotModified
+    ));
+    // A change to it does.
+    h.admin().create_policies(&Policies { policies: vec![p("app-2", "app-1", 3)] }).await.unwrap();
+    eventually("a new ETag", || async {
+        matches!(
+            watched(cell.internal_policies(Some("app-1"), None, Some(&etag)).await).unwrap(),
+            Watched::Changed { .. }
+        )
+    })
+    .await;
+    let (status, text, _) = h.raw(&cell, "GET", "/networking/v1/internal/policies?wait=soon", vec![]).await;
+    assert_eq!((status, text.as_str()), (400, r#"{"error": "invalid wait \"soon\": use e.g. 30s or 500ms"}"#));
+}
+
+pub async fn watch_wakes_on_change_from_another_replica(backend: Backend) {
+    let h = Harness::start_internal(backend, |_| {}).await;
+    let mut config = h.config.clone();
+    config.internal.listen = "127.0.0.1:0".parse().unwrap();
+    let other = policy_api::Server::start(&config).await.unwrap();
+    let cell = h.cell();
+    let Watched::Changed { etag: Some(etag), .. } =
+        watched(cell.internal_policies(Some("app-1"), None, None).await).unwrap()
+    else {
+        panic!("expected an answer")
+    };
+    // Nothing changes: the watch ends with 304 after the wait.
+    let t = Instant::now();
+    let r = watched(cell.internal_policies(Some("app-1"), Some("500ms"), Some(&etag)).await).unwrap();
+    assert!(matches!(r, Watched::NotModified));
+    assert!(t.elapsed() >= Duration::from_millis(450), "the request was held for the wait");
+
+    let waiting = {
+        let cell = cell.clone();
+        let etag = etag.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let r = watched(cell.internal_policies(Some("app-1"), Some("20s"), Some(&etag)).await).unwrap();
+            (r, t.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The change is written through the *other* replica.
+    let admin = policy_client::Client::new_with_token(&other.url(), &h.cf.uaa.user_token("admin")).unwrap();
+    admin.create_policies(&Policies { policies: vec![p("app-1", "app-2", 7)] }).await.unwrap();
+    let (r, elapsed) = waiting.await.unwrap();
+    let Watched::Changed { value, .. } = r else { panic!("the watch must answer with the change") };
+    assert_eq!(value.total_policies, 1);
+    assert!(elapsed < Duration::from_secs(5), "woken by the change, not by the wait: {elapsed:?}");
+    other.shutdown().await;
+}
+
+pub async fn tags_for_other_groups(backend: Backend) {
+    let h = Harness::start_internal(backend, |_| {}).await;
+    let cell = h.cell();
+    // The Go client sends `ID` and `Type`.
+    let (status, body, _) =
+        h.raw(&cell, "PUT", "/networking/v1/internal/tags", br#"{"ID":"router-guid","Type":"router"}"#.to_vec()).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"id":"router-guid","tag":"01","type":"router"}"#));
+    let again =
+        cell.create_tag(&types::TagRequest { id: Some("router-guid".into()), type_: Some("router".into()) }).await;
+    assert_eq!(again.unwrap().into_inner().tag, "01");
+    let err = cell
+        .create_tag(&types::TagRequest { id: Some("router-guid".into()), type_: Some("other".into()) })
+        .await
+        .unwrap_err();
+    assert_eq!((error_status(&err), error_message(&err)), (Some(500), Some("database create failed")));
+    let (status, body, _) = h.raw(&cell, "PUT", "/networking/v1/internal/tags", b"{nope".to_vec()).await;
+    assert_eq!((status, body.as_str()), (400, r#"{"error": "failed parsing request body"}"#));
+    // Shown on the external tags listing; an app policy with that id is a conflict.
+    let tags = h.admin().list_tags().await.unwrap().into_inner().tags;
+    assert_eq!(tags.len(), 1);
+    let err = h.admin().create_policies(&Policies { policies: vec![p("router-guid", "app-1", 1)] }).await.unwrap_err();
+    assert_eq!(error_status(&err), Some(500));
+}
+
+pub async fn security_groups_are_synced_and_paged(backend: Backend) {
+    let h = Harness::start_internal(backend, |_| {}).await;
+    let rule = serde_json::json!({"protocol": "tcp", "destination": "10.0.0.0/8", "ports": "443"});
+    let sg = |guid: &str, running: bool, spaces: &[&str]| testkit::SecurityGroup {
+        guid: guid.into(),
+        name: format!("{guid}-name"),
+        rules: vec![rule.clone()],
+        running_default: running,
+        staging_default: false,
+        running_spaces: spaces.iter().map(|s| s.to_string()).collect(),
+        staging_spaces: vec![],
+    };
+    h.cf.cc.put_security_group(sg("sg-1", true, &[]));
+    h.cf.cc.put_security_group(sg("sg-2", false, &["space-1"]));
+    h.cf.cc.put_security_group(sg("sg-3", false, &["space-2"]));
+    let cell = h.cell();
+    eventually("three synced groups", || async {
+        cell.internal_security_groups(None, None, Some("space-1,space-2"))
+            .await
+            .unwrap()
+            .into_inner()
+            .security_groups
+            .len()
+            == 3
+    })
+    .await;
+    let global = cell.internal_security_groups(None, None, None).await.unwrap().into_inner();
+    assert_eq!(global.security_groups.len(), 1);
+    assert_eq!(
+        global.security_groups[0].rules,
+        r#"[{"protocol":"tcp","destination":"10.0.0.0/8","ports":"443","type":0,"code":0,"description":"","log":false}]"#
+    );
+    let page = cell.internal_security_groups(None, Some("2"), Some("space-1,space-2")).await.unwrap().into_inner();
+    assert_eq!(page.security_groups.len(), 2);
+    assert!(page.next > 0);
+    let next = page.next.to_string();
+    let rest =
+        cell.internal_security_groups(Some(&next), Some("2"), Some("space-1,space-2")).await.unwrap().into_inner();
+    assert_eq!((rest.security_groups.len(), rest.next), (1, 0));
+    let err = cell.internal_security_groups(Some("x"), None, None).await.unwrap_err();
+    assert_eq!(error_message(&err), Some("invalid value for 'from' parameter"));
+    // Deletions in Cloud Controller are mirrored.
+    h.cf.cc.delete_security_group("sg-3");
+    eventually("the deletion", || async {
+        cell.internal_security_groups(None, None, Some("space-2")).await.unwrap().into_inner().security_groups.len()
+            == 1
+    })
+    .await;
+}
+
+pub async fn only_one_replica_holds_the_sync_lock(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let store = &h.server.state.store;
+    let ttl = Duration::from_secs(2);
+    assert!(store.try_lock("asg-syncer", "a", ttl).await.unwrap());
+    assert!(!store.try_lock("asg-syncer", "b", ttl).await.unwrap());
+    assert!(store.try_lock("asg-syncer", "a", ttl).await.unwrap(), "the holder renews");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert!(store.try_lock("asg-syncer", "b", ttl).await.unwrap(), "an expired lock can be taken");
+}
+
+pub async fn leases_like_silk(backend: Backend) {
+    let h = Harness::start_internal(backend, |c| {
+        c.internal.overlay_network = "10.255.0.0/22".into();
+        c.internal.lease_expiration_secs = 3;
+    })
+    .await;
+    let cell = h.cell();
+    let acquire = |ip: &str| AcquireRequest { underlay_ip: ip.into(), single_overlay_ip: None };
+    let a = cell.acquire_lease(&acquire("10.0.0.1")).await.unwrap().into_inner();
+    assert!(["10.255.1.0/24", "10.255.2.0/24", "10.255.3.0/24"].contains(&a.overlay_subnet.as_str()));
+    let octet = a.overlay_subnet.split('.').nth(2).unwrap().parse::<u8>().unwrap();
+    assert_eq!(a.overlay_hardware_addr, format!("ee:ee:0a:ff:{octet:02x}:00"));
+    assert_eq!(cell.acquire_lease(&acquire("10.0.0.1")).await.unwrap().into_inner(), a, "same cell, same lease");
+    cell.acquire_lease(&acquire("10.0.0.2")).await.unwrap();
+    cell.acquire_lease(&acquire("10.0.0.3")).await.unwrap();
+    let err = cell.acquire_lease(&acquire("10.0.0.4")).await.unwrap_err();
+    assert_eq!((error_status(&err), error_message(&err)), (Some(409), Some("no lease available")));
+    let err = cell.acquire_lease(&acquire("not-an-ip")).await.unwrap_err();
+    assert_eq!(error_status(&err), Some(409));
+    assert_eq!(cell.list_leases().await.unwrap().into_inner().leases.len(), 3);
+
+    let wrong = Lease { overlay_subnet: "10.255.9.0/24".into(), ..a.clone() };
+    let err = cell.renew_lease(&wrong).await.unwrap_err();
+    assert_eq!((error_status(&err), error_message(&err)), (Some(409), Some("lease mismatch")));
+    cell.release_lease(&types::ReleaseRequest { underlay_ip: "10.0.0.3".into() }).await.unwrap();
+    cell.release_lease(&types::ReleaseRequest { underlay_ip: "10.0.0.3".into() }).await.unwrap();
+    cell.acquire_lease(&acquire("10.0.0.4")).await.unwrap();
+
+    // Leases expire unless renewed; an expired one goes to a new cell when the pool is full.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    cell.renew_lease(&a).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let active: Vec<String> =
+        cell.list_leases().await.unwrap().into_inner().leases.into_iter().map(|l| l.underlay_ip).collect();
+    assert_eq!(active, vec!["10.0.0.1".to_string()], "only the renewed lease is active");
+    let taken = cell.acquire_lease(&acquire("10.0.0.9")).await.unwrap().into_inner();
+    assert_ne!(taken.overlay_subnet, a.overlay_subnet, "the renewed lease is kept");
+    // A renew for a lease the store lost re-creates it (controller database loss heals).
+    cell.release_lease(&types::ReleaseRequest { underlay_ip: "10.0.0.1".into() }).await.unwrap();
+    cell.renew_lease(&a).await.unwrap();
+    assert!(cell.list_leases().await.unwrap().into_inner().leases.contains(&a));
+}
+
+pub async fn lease_races_across_replicas(backend: Backend) {
+    let h = Harness::start_internal(backend, |_| {}).await;
+    let mut config = h.config.clone();
+    config.internal.listen = "127.0.0.1:0".parse().unwrap();
+    let other = policy_api::Server::start(&config).await.unwrap();
+    let urls = [h.internal_url(), format!("https://{}", other.internal_addr.unwrap())];
+    let http = h.cell_http(None, true);
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let client = policy_client::Client::new_with_client(&urls[i % 2], http.clone());
+        tasks.push(tokio::spawn(async move {
+            client
+                .acquire_lease(&AcquireRequest { underlay_ip: format!("10.0.1.{}", i + 1), single_overlay_ip: None })
+                .await
+                .expect("acquire under contention")
+                .into_inner()
+        }));
+    }
+    let mut subnets = HashSet::new();
+    for t in tasks {
+        assert!(subnets.insert(t.await.unwrap().overlay_subnet), "two cells got one subnet");
+    }
+    assert_eq!(subnets.len(), 50);
+    other.shutdown().await;
+}
+
+pub async fn discovery_registrations(backend: Backend) {
+    let h = Harness::start_internal(backend, |_| {}).await;
+    let cell = h.cell();
+    let reg = |host: &str, ip: &str| Registration { hostname: host.into(), ip: ip.into() };
+    cell.register_cell(
+        "cell-1",
+        &CellRegistrations { ttl_seconds: 60, registrations: vec![reg("app-b.apps.internal", "10.255.1.2")] },
+    )
+    .await
+    .unwrap();
+    cell.register_cell(
+        "cell-2",
+        &CellRegistrations { ttl_seconds: 2, registrations: vec![reg("App-B.apps.internal.", "10.255.2.2")] },
+    )
+    .await
+    .unwrap();
+    eventually("both cells' registrations", || async {
+        let sdc = cell.get_registration("app-b.apps.internal").await.unwrap().into_inner();
+        let ips: Vec<String> = sdc.hosts.iter().map(|h| h.ip_address.clone()).collect();
+        ips == vec!["10.255.1.2", "10.255.2.2"]
+    })
+    .await;
+    let (_, body, _) = h.raw(&cell, "GET", "/v1/registration/nobody.apps.internal", vec![]).await;
+    assert_eq!(body, r#"{"env":"","hosts":[],"service":""}"#);
+
+    let Watched::Changed { etag: Some(etag), value } = watched(cell.list_registrations(None, None).await).unwrap()
+    else {
+        panic!("expected the table")
+    };
+    assert_eq!(value.registrations.len(), 1);
+    // cell-2 stops refreshing: its registration expires and is pruned; watchers hear of it.
+    let t = Instant::now();
+    let r = watched(cell.list_registrations(Some("20s"), Some(&etag)).await).unwrap();
+    let Watched::Changed { value, .. } = r else { panic!("the expiry must wake the watch") };
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(value.registrations[0].ips, vec!["10.255.1.2"]);
+
+    let err = cell
+        .register_cell(
+            "cell-3",
+            &CellRegistrations { ttl_seconds: 60, registrations: vec![reg("bad name!", "10.0.0.1")] },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error_status(&err), Some(400));
+    let err = cell
+        .register_cell(
+            "cell-3",
+            &CellRegistrations { ttl_seconds: 60, registrations: vec![reg("a.apps.internal", "nope")] },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error_status(&err), Some(400));
+    cell.deregister_cell("cell-1").await.unwrap();
+    eventually("an empty table", || async {
+        cell.list_registrations(None, None).await.unwrap().into_inner().registrations.is_empty()
+    })
+    .await;
+}
+
+/// Without a client certificate, or with one from another CA, the handshake fails; plain
+/// HTTP gets nothing either.
+#[tokio::test]
+async fn mtls_refuses_strangers() {
+    let h = Harness::start_internal(Backend::Sqlite, |_| {}).await;
+    let url = format!("{}/networking/v1/internal/policies", h.internal_url());
+    assert_eq!(h.cell_http(None, true).get(&url).send().await.unwrap().status(), 200);
+    assert!(h.cell_http(None, false).get(&url).send().await.is_err(), "no client certificate");
+    let dir = std::env::temp_dir().join(crate::harness::unique_name());
+    let stranger = testkit::pki::TestCa::new(&dir, "other-ca");
+    assert!(h.cell_http(Some(&stranger), true).get(&url).send().await.is_err(), "certificate from another CA");
+    let plain = format!("http://{}/networking/v1/internal/policies", h.server.internal_addr.unwrap());
+    assert!(reqwest::Client::new().get(&plain).send().await.is_err(), "plain HTTP");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Every route of the internal table answers (no 404/405) through mTLS.
+#[tokio::test]
+async fn every_internal_route_is_routed() {
+    let h = Harness::start_internal(Backend::Sqlite, |_| {}).await;
+    let http = h.cell_http(None, true);
+    for (method, path) in crate::spec::internal_routes() {
+        let path = path.replace("{cell}", "c1").replace("{hostname}", "a.apps.internal");
+        let resp = http.request(method.parse().unwrap(), format!("{}{path}", h.internal_url())).send().await.unwrap();
+        assert!(![404, 405].contains(&resp.status().as_u16()), "{method} {path} answered {}", resp.status());
+        assert_eq!(resp.headers()["strict-transport-security"], "max-age=31536000");
+    }
+}
