@@ -9,6 +9,15 @@ use crate::config::{Config, LogFormat, Secret};
 pub struct DevWorld {
     pub cf: testkit::Cf,
     pub config: Config,
+    /// Where the dev CA, server and cell certificates were written.
+    pub pki_dir: std::path::PathBuf,
+    pub cell_cert: testkit::pki::CertFiles,
+}
+
+impl Drop for DevWorld {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pki_dir);
+    }
 }
 
 /// A config that talks to the doubles of `cf`, on loopback ports chosen by the system, with
@@ -29,15 +38,26 @@ pub fn config_for_doubles(cf: &testkit::Cf, database_url: &str) -> Config {
     }
 }
 
-/// Starts the doubles and returns a config pointing at them.
-pub async fn start(listen: SocketAddr) -> std::io::Result<DevWorld> {
+/// Starts the doubles, makes a throwaway CA for the cells' API, and returns a config
+/// pointing at them. The cells' API listens on `internal_listen`.
+pub async fn start(listen: SocketAddr, internal_listen: SocketAddr) -> std::io::Result<DevWorld> {
     let cf = testkit::Cf::start().await?;
-    let config = Config { listen, log_format: LogFormat::Text, ..config_for_doubles(&cf, "sqlite::memory:") };
-    Ok(DevWorld { cf, config })
+    let pki_dir = std::env::temp_dir().join(format!("c2c-dev-pki-{}", std::process::id()));
+    let ca = testkit::pki::TestCa::new(&pki_dir, "dev-ca");
+    let server_cert = ca.server("policy-server", &[]);
+    let cell_cert = ca.client("dev-cell");
+    let mut config = Config { listen, log_format: LogFormat::Text, ..config_for_doubles(&cf, "sqlite::memory:") };
+    config.internal.listen = internal_listen;
+    config.internal.tls = Some(crate::tls::TlsFiles {
+        cert_file: server_cert.cert,
+        key_file: server_cert.key,
+        client_ca_file: Some(server_cert.ca),
+    });
+    Ok(DevWorld { cf, config, pki_dir, cell_cert })
 }
 
 /// What `--dev` prints once the server is up.
-pub fn banner(world: &DevWorld, api: &str, metrics: Option<SocketAddr>) -> String {
+pub fn banner(world: &DevWorld, api: &str, internal: Option<SocketAddr>, metrics: Option<SocketAddr>) -> String {
     let admin = world.cf.uaa.user_token("admin");
     let alice = world.cf.uaa.user_token("alice");
     let metrics = metrics.map(|m| format!("http://{m}/metrics")).unwrap_or_else(|| "off".into());
@@ -50,6 +70,7 @@ pub fn banner(world: &DevWorld, api: &str, metrics: Option<SocketAddr>) -> Strin
   Metrics:          {metrics}
   Fake UAA:         {uaa}   (users admin, alice, carol, bob; password "password")
   Fake CC:          {cc}    (apps app-1, app-2 in space-1; app-3 in space-2)
+  Cells' API:       {internal}   (mTLS; a cell certificate is in {pki})
 
   Admin token (network.admin):
     export TOKEN='{admin}'
@@ -61,9 +82,15 @@ pub fn banner(world: &DevWorld, api: &str, metrics: Option<SocketAddr>) -> Strin
       -d '{{"policies":[{{"source":{{"id":"app-1"}},"destination":{{"id":"app-2","protocol":"tcp","ports":{{"start":8080,"end":8080}}}}}}]}}'
     curl -s -H "Authorization: Bearer $TOKEN" {api}/networking/v1/external/policies
     curl -s -H "Authorization: Bearer $TOKEN" {api}/networking/v1/external/tags
+    curl -s --cacert {ca} --cert {cert} --key {key} {internal}/networking/v1/internal/policies
   Stop with Ctrl-C.
 "#,
         uaa = world.cf.uaa.url(),
         cc = world.cf.cc.url(),
+        internal = internal.map(|a| format!("https://{a}")).unwrap_or_else(|| "off".into()),
+        pki = world.pki_dir.display(),
+        ca = world.cell_cert.ca.display(),
+        cert = world.cell_cert.cert.display(),
+        key = world.cell_cert.key.display(),
     )
 }

@@ -38,6 +38,10 @@ struct Args {
     #[arg(long, env = "C2C_LISTEN")]
     listen: Option<SocketAddr>,
 
+    /// Cells' API (mTLS) listen address [default: 0.0.0.0:4003; 127.0.0.1:4003 with --dev].
+    #[arg(long, env = "C2C_INTERNAL_LISTEN")]
+    internal_listen: Option<SocketAddr>,
+
     /// Prometheus metrics listen address [default: 127.0.0.1:31821].
     #[arg(long, env = "C2C_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -74,6 +78,9 @@ struct Args {
 fn apply(args: &Args, config: &mut Config) {
     if let Some(v) = args.listen {
         config.listen = v;
+    }
+    if let Some(v) = args.internal_listen {
+        config.internal.listen = v;
     }
     if let Some(v) = args.metrics_listen {
         config.metrics_listen = Some(v);
@@ -131,7 +138,8 @@ async fn main() -> anyhow::Result<()> {
     let mut dev_world = None;
     let mut config = if args.dev {
         let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4002)));
-        let world = dev::start(listen).await.context("starting the UAA and Cloud Controller doubles")?;
+        let internal = args.internal_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4003)));
+        let world = dev::start(listen, internal).await.context("starting the UAA and Cloud Controller doubles")?;
         let config = world.config.clone();
         dev_world = Some(world);
         config
@@ -147,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
 
     let server = Server::start(&config).await.context("starting policy-server")?;
     if let Some(world) = &dev_world {
-        eprintln!("{}", dev::banner(world, &server.url(), server.metrics_addr));
+        eprintln!("{}", dev::banner(world, &server.url(), server.internal_addr, server.metrics_addr));
     }
     shutdown_signal().await;
     tracing::info!("shutting down");
