@@ -158,13 +158,20 @@ async fn run(name: &str, database_url: String) {
     let t = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..64usize {
-        let client = Client::new_with_client(&internal, cell_http());
+        // The request is built once, as a cell would keep it: the load generator shares the
+        // two cores with the server, so it should spend as little as it can.
+        let http = cell_http();
         let etags = etags.clone();
+        let url = {
+            let mut u = url::Url::parse(&format!("{internal}/networking/v1/internal/policies")).unwrap();
+            u.query_pairs_mut().append_pair("id", &etags[w].0);
+            u.to_string()
+        };
         tasks.push(tokio::spawn(async move {
-            let (ids, etag) = &etags[w];
+            let etag = &etags[w].1;
             for _ in 0..500 {
-                let r = watched(client.internal_policies(Some(ids), None, Some(etag)).await).unwrap();
-                assert!(matches!(r, Watched::NotModified));
+                let resp = http.get(&url).header("if-none-match", etag).send().await.unwrap();
+                assert_eq!(resp.status(), 304);
             }
         }));
     }

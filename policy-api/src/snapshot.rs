@@ -105,6 +105,26 @@ impl Snapshot {
         })
     }
 
+    /// The answer for a raw query string of the internal policies endpoint. Cells repeat
+    /// the same query, so the raw string is the cache key and the hot path (a 304) decodes
+    /// nothing.
+    pub fn policies_answer_for_query(&self, raw_query: Option<&str>) -> Arc<Answer> {
+        let key = format!("q:{}", raw_query.unwrap_or(""));
+        if let Some(hit) = self.answers.get(&key) {
+            return hit;
+        }
+        let mut id = None;
+        for (k, v) in url::form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()) {
+            if k == "id" {
+                id = Some(v.into_owned());
+                break;
+            }
+        }
+        let answer = self.policies_answer(id.as_deref());
+        self.answers.insert(key, answer.clone());
+        answer
+    }
+
     /// The discovery table answer.
     pub fn registrations_answer(&self) -> Arc<Answer> {
         self.answers.get_with("registrations".into(), || {

@@ -71,11 +71,14 @@ pub async fn policies(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let params = first_params(query.as_deref());
-    let wait = wait_of(&state, &params)?;
-    let id = params.get("id").map(String::as_str);
+    // Only a request that waits needs its parameters decoded up front.
+    let wait = if query.as_deref().is_some_and(|q| q.contains("wait=")) {
+        wait_of(&state, &first_params(query.as_deref()))?
+    } else {
+        Duration::ZERO
+    };
     let inm = if_none_match(&headers);
-    let answer = watch_answer(&state.snapshots, inm, wait, |s| s.policies_answer(id)).await;
+    let answer = watch_answer(&state.snapshots, inm, wait, |s| s.policies_answer_for_query(query.as_deref())).await;
     Ok(answer_response(&answer, inm))
 }
 
