@@ -1,0 +1,3 @@
+module c2c/go-peer
+
+go 1.19

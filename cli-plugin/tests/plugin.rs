@@ -1,0 +1,223 @@
+//! The plugin end to end as cf runs it: Go's own `net/rpc` + `encoding/gob` (a small Go
+//! program standing in for cf, `tests/go-peer`) runs `cf-c2c <port> <command> ...` against a
+//! real policy server with the UAA and Cloud Controller doubles.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Builds the Go peer once per test run. Needs Debian's `golang-go` (CI installs it).
+fn go_peer() -> PathBuf {
+    static PEER: OnceLock<PathBuf> = OnceLock::new();
+    PEER.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("c2c-go-peer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("go-peer");
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/go-peer");
+        let status = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(".")
+            .current_dir(src)
+            .env("GOCACHE", dir.join("cache"))
+            .env("GOFLAGS", "-mod=mod")
+            .env("GO111MODULE", "on")
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("Go is required for the plugin protocol tests (apt-get install golang-go): {e}")
+            });
+        assert!(status.success(), "building the Go peer failed");
+        out
+    })
+    .clone()
+}
+
+struct World {
+    cf: testkit::Cf,
+    server: policy_api::Server,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn world() -> World {
+    let cf = testkit::Cf::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("c2c-plugin-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = format!("sqlite://{}/p.db?mode=rwc", dir.display());
+    let mut config = policy_api::dev::config_for_doubles(&cf, &db);
+    config.tag_length = 1;
+    config.cloud_controller.cache_ttl_secs = 0;
+    let server = policy_api::Server::start(&config).await.unwrap();
+    cf.cc.set_policy_server_url(&server.url());
+    World { cf, server, _dir: tempdir::Dir(dir) }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+struct Run {
+    code: i32,
+    out: String,
+    err: String,
+}
+
+/// Runs `cf <args>` the way cf runs plugin commands, as `user`.
+async fn cf(w: &World, user: &str, args: &[&str]) -> Run {
+    let token = if user.is_empty() { String::new() } else { w.cf.uaa.user_token(user) };
+    let peer = go_peer();
+    let api = w.cf.cc.url();
+    let metadata = std::env::temp_dir().join(format!("c2c-meta-{}", rand_suffix()));
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let meta = metadata.clone();
+    let user = user.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(peer)
+            .arg(env!("CARGO_BIN_EXE_cf-c2c"))
+            .args(&args)
+            .env("PEER_TOKEN", token)
+            .env("PEER_API", api)
+            .env("PEER_ORG_GUID", "org-1")
+            .env("PEER_ORG", "o")
+            .env("PEER_SPACE_GUID", "space-1")
+            .env("PEER_SPACE", "s1")
+            .env("PEER_USER", user)
+            .env("PEER_METADATA_OUT", meta)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_file(metadata);
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        out: String::from_utf8_lossy(&out.stdout).into_owned(),
+        err: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_metadata_through_go_net_rpc() {
+    let _w = world().await;
+    let out = std::env::temp_dir().join(format!("c2c-meta-{}", rand_suffix()));
+    let status = Command::new(go_peer())
+        .arg(env!("CARGO_BIN_EXE_cf-c2c"))
+        .arg("SendMetadata")
+        .env("PEER_METADATA_OUT", &out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(meta["Name"], "c2c");
+    let names: Vec<&str> = meta["Commands"].as_array().unwrap().iter().map(|c| c["Name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["c2c-policies", "c2c-add-policy", "c2c-remove-policy"]);
+    let add = &meta["Commands"][1];
+    assert_eq!(add["HelpText"], "Create policy to allow direct network traffic from one app to another");
+    assert_eq!(add["UsageDetails"]["Options"]["protocol"], "Protocol to connect apps with (Default: tcp)");
+    assert_eq!(meta["LibraryVersion"]["Major"], 1);
+    let _ = std::fs::remove_file(out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_list_remove_like_the_builtins() {
+    let w = world().await;
+    let r = cf(&w, "admin", &["c2c-add-policy", "app-1", "app-2", "--protocol", "tcp", "--port", "8080-8090"]).await;
+    assert_eq!(r.code, 0, "{}{}", r.out, r.err);
+    assert_eq!(r.out, "Adding network policy from app app-1 to app app-2 in org o / space s1 as admin...\nOK\n\n");
+    let r = cf(&w, "admin", &["c2c-add-policy", "app-2", "app-3", "-s", "s2"]).await;
+    assert_eq!(r.code, 0, "{}{}", r.out, r.err);
+    assert_eq!(
+        r.out,
+        "Adding network policy from app app-2 in org o / space s1 to app app-3 in org o / space s2 as admin...\nOK\n\n"
+    );
+
+    let r = cf(&w, "admin", &["c2c-policies"]).await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(
+        r.out,
+        "Listing network policies in org o / space s1 as admin...\n\n\
+         source   destination   protocol   ports       destination space   destination org\n\
+         app-1    app-2         tcp        8080-8090   s1                  o\n\
+         app-2    app-3         tcp        8080        s2                  o\n"
+    );
+    let r = cf(&w, "admin", &["c2c-policies", "--source", "app-2"]).await;
+    assert!(r.out.starts_with("Listing network policies of app app-2 in org o / space s1 as admin..."), "{}", r.out);
+    assert_eq!(r.out.lines().count(), 4);
+
+    let r = cf(&w, "admin", &["c2c-remove-policy", "app-1", "app-2", "--protocol", "tcp", "--port", "8080"]).await;
+    assert_eq!(r.code, 0);
+    assert_eq!(
+        r.out,
+        "Removing network policy from app app-1 to app app-2 in org o / space s1 as admin...\nPolicy does not exist.\nOK\n\n"
+    );
+    let r = cf(&w, "admin", &["c2c-remove-policy", "app-1", "app-2", "--protocol", "tcp", "--port", "8080-8090"]).await;
+    assert_eq!(r.code, 0);
+    assert!(!r.out.contains("does not exist"));
+    let admin = policy_client::Client::new_with_token(&w.server.url(), &w.cf.uaa.user_token("admin")).unwrap();
+    assert_eq!(admin.list_policies(None, None, None).await.unwrap().into_inner().total_policies, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_print_cf_messages_and_fail() {
+    let w = world().await;
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("admin", &["c2c-add-policy", "app-1", "nope"], "App 'nope' not found.\n"),
+        ("admin", &["c2c-add-policy", "app-1", "app-3", "-s", "nowhere"], "Space 'nowhere' not found.\n"),
+        ("admin", &["c2c-add-policy", "app-1", "app-3", "-s", "s2", "-o", "nope"], "Organization 'nope' not found.\n"),
+        // alice cannot see space-2 in Cloud Controller, as cf would report.
+        ("alice", &["c2c-add-policy", "app-1", "app-3", "-s", "s2"], "Space 's2' not found.\n"),
+        (
+            "bob",
+            &["c2c-add-policy", "app-1", "app-2"],
+            "provided scopes [openid cloud_controller.read] do not include allowed scopes [network.admin network.write]\n",
+        ),
+        (
+            "admin",
+            &["c2c-add-policy", "app-1", "app-2", "--protocol", "tcp", "--port", "0"],
+            "mapper: validate policies: missing start port\n",
+        ),
+        ("", &["c2c-policies"], "Not logged in. Use 'cf login' or 'cf login --sso' to log in.\n"),
+    ];
+    for (user, args, message) in cases {
+        let r = cf(&w, user, args).await;
+        assert_eq!(r.code, 1, "{args:?}: {}{}", r.out, r.err);
+        assert_eq!(r.err, *message, "{args:?}");
+        assert!(r.out.ends_with("FAILED\n"), "{args:?}: {}", r.out);
+    }
+    // Flag errors: message and a blank line on stderr, the help on stdout, no FAILED.
+    let r = cf(&w, "admin", &["c2c-add-policy", "a", "b", "--protocol", "icmp", "--port", "1"]).await;
+    assert_eq!(r.code, 1);
+    assert_eq!(r.err, "Incorrect Usage: PROTOCOL must be \"tcp\" or \"udp\"\n\n");
+    assert!(r.out.starts_with("NAME:\n   c2c-add-policy - "), "{}", r.out);
+    let r = cf(&w, "admin", &["c2c-add-policy", "a", "b", "--port", "1"]).await;
+    assert_eq!(r.err, "Incorrect Usage: --protocol and --port flags must be specified together\n");
+    assert!(r.out.starts_with("FAILED\n\nNAME:"), "{}", r.out);
+
+    // The policy server is down.
+    w.cf.cc.set_policy_server_url("http://127.0.0.1:1");
+    let r = cf(&w, "admin", &["c2c-policies"]).await;
+    assert_eq!(r.code, 1, "{}", r.out);
+    assert!(r.err.starts_with("Request error"), "{}", r.err);
+}
+
+#[test]
+fn without_cf_it_says_how_it_is_used() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cf-c2c")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "This cf CLI plugin is not intended to be run on its own\n\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uninstall_hook_exits_zero() {
+    let w = world().await;
+    let r = cf(&w, "admin", &["CLI-MESSAGE-UNINSTALL"]).await;
+    assert_eq!(r.code, 0);
+}
