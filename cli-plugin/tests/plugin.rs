@@ -212,7 +212,10 @@ async fn errors_print_cf_messages_and_fail() {
 fn without_cf_it_says_how_it_is_used() {
     let out = Command::new(env!("CARGO_BIN_EXE_cf-c2c")).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "This cf CLI plugin is not intended to be run on its own\n\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("This cf CLI plugin is not intended to be run on its own\n\n"), "{err}");
+    assert!(err.contains("cf install-plugin ./cf-c2c"), "{err}");
+    assert!(err.contains("cf-c2c network-policies"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,4 +223,63 @@ async fn uninstall_hook_exits_zero() {
     let w = world().await;
     let r = cf(&w, "admin", &["CLI-MESSAGE-UNINSTALL"]).await;
     assert_eq!(r.code, 0);
+}
+
+/// Standalone: the cf CLI's config file gives target and tokens; an expired access token is
+/// refreshed through UAA with the refresh token and saved back, as cf does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_with_the_cf_config() {
+    let w = world().await;
+    let http = reqwest::Client::new();
+    let grant: serde_json::Value = http
+        .post(format!("{}/oauth/token", w.cf.uaa.url()))
+        .form(&[("grant_type", "password"), ("username", "admin"), ("password", "password"), ("client_id", "cf")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expired =
+        w.cf.uaa.user_token_with("admin", testkit::TokenRequest { lifetime_secs: Some(-10), ..Default::default() });
+    let home = std::env::temp_dir().join(format!("c2c-cf-home-{}", rand_suffix()));
+    std::fs::create_dir_all(home.join(".cf")).unwrap();
+    let config = serde_json::json!({
+        "ConfigVersion": 3,
+        "Target": w.cf.cc.url(),
+        "AccessToken": format!("bearer {expired}"),
+        "RefreshToken": grant["refresh_token"],
+        "UaaEndpoint": w.cf.uaa.url(),
+        "UAAOAuthClient": "cf",
+        "UAAOAuthClientSecret": "",
+        "OrganizationFields": {"GUID": "org-1", "Name": "o"},
+        "SpaceFields": {"GUID": "space-1", "Name": "s1", "AllowSSH": true},
+        "SSLDisabled": false
+    });
+    let path = home.join(".cf/config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    let run = |args: Vec<&'static str>| {
+        let home = home.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_cf-c2c")).args(args).env("CF_HOME", home).output().unwrap()
+        })
+    };
+    let out = run(vec!["add-network-policy", "app-1", "app-2", "--protocol", "udp", "--port", "53"]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Adding network policy from app app-1 to app app-2 in org o / space s1 as admin...\nOK\n\n"
+    );
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_ne!(saved["AccessToken"], config["AccessToken"], "the refreshed token is saved");
+    let out = run(vec!["c2c-policies"]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("app-1    app-2         udp        53"), "{text}");
+    let out = run(vec!["remove-network-policy", "app-1", "app-2", "--protocol", "udp", "--port", "53"]).await.unwrap();
+    assert!(out.status.success());
+    // Not logged in at all.
+    std::fs::write(&path, r#"{"Target": "http://127.0.0.1:1"}"#).unwrap();
+    let out = run(vec!["network-policies"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(home);
 }

@@ -14,37 +14,38 @@ use cli_plugin::target::Target;
 
 const NOT_STANDALONE: &str = "This cf CLI plugin is not intended to be run on its own\n";
 
-async fn plugin(port: u16, args: &[String]) -> ExitCode {
-    let rpc = CliRpc { port };
-    let Some(command) = args.first() else {
-        eprintln!("{NOT_STANDALONE}");
-        return ExitCode::from(1);
-    };
-    if command == "SendMetadata" && args.len() == 1 {
-        return match rpc.set_plugin_metadata(&commands::metadata()).await {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::from(1),
-            Err(e) => {
-                println!("{e}");
-                ExitCode::from(1)
-            }
-        };
-    }
-    if command == "CLI-MESSAGE-UNINSTALL" {
-        return ExitCode::SUCCESS;
-    }
-    let Some(spec) = commands::lookup(command) else {
-        eprintln!("'{command}' is not a command of this plugin.");
+const STANDALONE_USAGE: &str = "\
+Install it into the cf CLI:  cf install-plugin ./cf-c2c
+Then:                        cf c2c-policies | cf c2c-add-policy | cf c2c-remove-policy
+
+Or run it standalone, with the target and login of `cf login` (read from $CF_HOME/.cf/config.json):
+  cf-c2c network-policies [--source SOURCE_APP]
+  cf-c2c add-network-policy SOURCE_APP DESTINATION_APP [-s SPACE [-o ORG]] [--protocol (tcp | udp) --port RANGE]
+  cf-c2c remove-network-policy SOURCE_APP DESTINATION_APP [-s SPACE [-o ORG]] --protocol (tcp | udp) --port RANGE
+(the c2c-* names work too; add --help to a command for its options)";
+
+/// Parses and runs one command against `target`, printing as cf does.
+async fn execute(
+    name: &str,
+    args: &[String],
+    target: impl std::future::Future<Output = Result<Target, String>>,
+) -> ExitCode {
+    let Some(spec) = commands::lookup(name) else {
+        eprintln!("'{name}' is not a command of this plugin.\n\n{STANDALONE_USAGE}");
         return ExitCode::from(1);
     };
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     let (mut out, mut err) = (stdout.lock(), stderr.lock());
-    let parsed = match commands::parse(spec, &args[1..]) {
+    if args.iter().any(|a| a == "-h" || a == "--help" || a == "--h") {
+        let _ = write!(out, "{}", commands::help(spec, "cf"));
+        return ExitCode::SUCCESS;
+    }
+    let parsed = match commands::parse(spec, args) {
         Ok(c) => c,
         Err(e) => return usage_failure(spec, &e, &mut out, &mut err),
     };
-    let target = match Target::from_rpc(&rpc).await {
+    let target = match target.await {
         Ok(t) => t,
         Err(e) => {
             let _ = writeln!(err, "{e}");
@@ -61,6 +62,28 @@ async fn plugin(port: u16, args: &[String]) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+async fn plugin(port: u16, args: &[String]) -> ExitCode {
+    let rpc = CliRpc { port };
+    let Some(command) = args.first() else {
+        eprintln!("{NOT_STANDALONE}\n{STANDALONE_USAGE}");
+        return ExitCode::from(1);
+    };
+    if command == "SendMetadata" && args.len() == 1 {
+        return match rpc.set_plugin_metadata(&commands::metadata()).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                println!("{e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if command == "CLI-MESSAGE-UNINSTALL" {
+        return ExitCode::SUCCESS;
+    }
+    execute(command, &args[1..], async { Target::from_rpc(&rpc).await.map_err(|e| e.to_string()) }).await
 }
 
 fn usage_failure(spec: &commands::Spec, e: &CommandError, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
@@ -80,8 +103,13 @@ async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(|a| a.parse::<u16>()) {
         Some(Ok(port)) => plugin(port, &args[1..]).await,
-        _ => {
-            eprintln!("{NOT_STANDALONE}");
+        Some(Err(_)) => {
+            let path = cli_plugin::cf_config::config_path();
+            execute(&args[0], &args[1..], async { cli_plugin::cf_config::load(&path).await.map_err(|e| e.to_string()) })
+                .await
+        }
+        None => {
+            eprintln!("{NOT_STANDALONE}\n{STANDALONE_USAGE}");
             ExitCode::from(1)
         }
     }

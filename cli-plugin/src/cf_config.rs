@@ -1,0 +1,112 @@
+//! Standalone mode: the target, tokens, org and space from the cf CLI's own config file
+//! (`$CF_HOME/.cf/config.json`, `$HOME` when `CF_HOME` is unset), with the access token
+//! refreshed through UAA like cf does when it is about to expire.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use serde_json::Value;
+
+use crate::errors::CommandError;
+use crate::target::Target;
+
+pub fn config_path() -> PathBuf {
+    let home = std::env::var_os("CF_HOME").or_else(|| std::env::var_os("HOME")).unwrap_or_default();
+    PathBuf::from(home).join(".cf").join("config.json")
+}
+
+/// The claims of a JWT, without verifying it (the plugin only needs to know who and when).
+fn claims(token: &str) -> Option<Value> {
+    let jwt = token.strip_prefix("bearer ").or_else(|| token.strip_prefix("Bearer ")).unwrap_or(token);
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn expires_soon(token: &str) -> bool {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    claims(token).and_then(|c| c.get("exp").and_then(Value::as_u64)).is_none_or(|exp| exp < now + 60)
+}
+
+fn s(v: &Value, key: &str) -> String {
+    v.get(key).and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+/// Reads the target from the cf config, refreshing (and saving) the token if needed.
+pub async fn load(path: &Path) -> Result<Target, CommandError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(_) => return Ok(Target::default()),
+    };
+    let mut config: Value = serde_json::from_str(&text)
+        .map_err(|e| CommandError::Message(format!("cf config {} is not valid JSON: {e}", path.display())))?;
+    let mut token = s(&config, "AccessToken");
+    let refresh = s(&config, "RefreshToken");
+    if !refresh.is_empty() && (token.is_empty() || expires_soon(&token)) {
+        let (access, new_refresh) = refresh_token(&config, &refresh).await?;
+        token = format!("bearer {access}");
+        config["AccessToken"] = Value::String(token.clone());
+        if let Some(r) = new_refresh {
+            config["RefreshToken"] = Value::String(r);
+        }
+        let pretty = serde_json::to_string_pretty(&config).map_err(|e| CommandError::Message(e.to_string()))?;
+        std::fs::write(path, pretty).map_err(|e| {
+            CommandError::Message(format!("cannot save the refreshed token to {}: {e}", path.display()))
+        })?;
+    }
+    let user = claims(&token)
+        .map(|c| {
+            let name = s(&c, "user_name");
+            if name.is_empty() { s(&c, "client_id") } else { name }
+        })
+        .unwrap_or_default();
+    let org = &config["OrganizationFields"];
+    let space = &config["SpaceFields"];
+    Ok(Target {
+        api: s(&config, "Target").trim_end_matches('/').to_string(),
+        logged_in: !token.is_empty() || !refresh.is_empty(),
+        token,
+        ssl_disabled: config.get("SSLDisabled").and_then(Value::as_bool).unwrap_or(false),
+        org: (s(org, "GUID"), s(org, "Name")),
+        space: (s(space, "GUID"), s(space, "Name")),
+        user,
+    })
+}
+
+async fn refresh_token(config: &Value, refresh: &str) -> Result<(String, Option<String>), CommandError> {
+    let uaa = [s(config, "UaaEndpoint"), s(config, "AuthorizationEndpoint")]
+        .into_iter()
+        .find(|u| !u.is_empty())
+        .ok_or_else(|| {
+            CommandError::Message("The cf config names no UAA endpoint. Please log back in to re-authenticate.".into())
+        })?;
+    let client = {
+        let c = s(config, "UAAOAuthClient");
+        if c.is_empty() { "cf".to_string() } else { c }
+    };
+    let secret = s(config, "UAAOAuthClientSecret");
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(config.get("SSLDisabled").and_then(Value::as_bool).unwrap_or(false))
+        .build()
+        .map_err(|e| CommandError::Message(e.to_string()))?;
+    let resp = http
+        .post(format!("{}/oauth/token", uaa.trim_end_matches('/')))
+        .basic_auth(&client, Some(&secret))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh)])
+        .send()
+        .await
+        .map_err(|e| CommandError::Message(format!("Request error: {e}")))?;
+    let expired = || {
+        CommandError::Message(
+            "The token expired, was revoked, or the token ID is incorrect. Please log back in to re-authenticate."
+                .into(),
+        )
+    };
+    if !resp.status().is_success() {
+        return Err(expired());
+    }
+    let body: Value = resp.json().await.map_err(|_| expired())?;
+    let access = body.get("access_token").and_then(Value::as_str).ok_or_else(expired)?.to_string();
+    Ok((access, body.get("refresh_token").and_then(Value::as_str).map(str::to_string)))
+}
