@@ -7,7 +7,7 @@ use std::io::Write;
 
 use policy_client::types::{Policies, Policy, Protocol};
 
-use crate::cloud_controller::{BATCH, CloudController};
+use crate::cloud_controller::{BATCH, CloudController, Resource};
 use crate::errors::CommandError;
 use crate::metadata::{CommandMetadata, Metadata};
 use crate::target::Target;
@@ -20,6 +20,8 @@ pub struct Spec {
     pub usage: &'static str,
     pub examples: &'static [&'static str],
     pub options: &'static [(&'static str, &'static str)],
+    /// Options that take no value.
+    pub switches: &'static [&'static str],
     pub see_also: &'static str,
 }
 
@@ -29,7 +31,8 @@ pub const LIST: Spec = Spec {
     description: "List direct network traffic policies",
     usage: "CF_NAME c2c-policies [--source SOURCE_APP]",
     examples: &[],
-    options: &[("source", "Source app to filter results by")],
+    options: &[("source", "Source app to filter results by"), ("output", "Output format: table (default) or json")],
+    switches: &[],
     see_also: "add-network-policy, apps, remove-network-policy",
 };
 
@@ -48,6 +51,7 @@ pub const ADD: Spec = Spec {
         ("o", "The org of the destination app (Default: targeted org)"),
         ("s", "The space of the destination app (Default: targeted space)"),
     ],
+    switches: &[],
     see_also: "apps, network-policies, remove-network-policy",
 };
 
@@ -66,10 +70,41 @@ pub const REMOVE: Spec = Spec {
         ("o", "The org of the destination app (Default: targeted org)"),
         ("s", "The space of the destination app (Default: targeted space)"),
     ],
+    switches: &[],
     see_also: "add-network-policy, apps, network-policies",
 };
 
-pub const ALL: [&Spec; 3] = [&LIST, &ADD, &REMOVE];
+pub const APPLY: Spec = Spec {
+    name: "c2c-apply",
+    builtin: "c2c-apply",
+    description: "Make the policies of a file exist (YAML or JSON, apps by name)",
+    usage: "CF_NAME c2c-apply FILE [--prune] [--dry-run]\n\n   FILE lists policies by app name; sources are apps of the targeted space:\n     policies:\n       - source: frontend\n         destination: backend\n         protocol: tcp          # default tcp\n         ports: 8080-8090       # or port: 8080; default 8080\n         space: backend-space   # destination space, default the targeted one\n         org: backend-org       # destination org, default the targeted one",
+    examples: &["CF_NAME c2c-apply policies.yml --dry-run", "CF_NAME c2c-apply policies.yml --prune"],
+    options: &[
+        ("prune", "Also remove policies from the file's source apps that the file does not list"),
+        ("dry-run", "Show what would change, change nothing"),
+    ],
+    switches: &["prune", "dry-run"],
+    see_also: "c2c-add-policy, c2c-policies, c2c-remove-policy",
+};
+
+pub const CHECK: Spec = Spec {
+    name: "c2c-check",
+    builtin: "c2c-check",
+    description: "Say whether a policy allows traffic from one app to another, and which",
+    usage: "CF_NAME c2c-check SOURCE_APP DESTINATION_APP [-s DESTINATION_SPACE_NAME [-o DESTINATION_ORG_NAME]] --protocol (tcp | udp) --port PORT",
+    examples: &["CF_NAME c2c-check frontend backend --protocol tcp --port 8080"],
+    options: &[
+        ("port", "Port the source app connects to"),
+        ("protocol", "Protocol the source app connects with"),
+        ("o", "The org of the destination app (Default: targeted org)"),
+        ("s", "The space of the destination app (Default: targeted space)"),
+    ],
+    switches: &[],
+    see_also: "c2c-add-policy, c2c-policies",
+};
+
+pub const ALL: [&Spec; 5] = [&LIST, &ADD, &REMOVE, &APPLY, &CHECK];
 
 /// The spec of a command given by its plugin name or, standalone, its built-in name.
 pub fn lookup(name: &str) -> Option<&'static Spec> {
@@ -133,9 +168,19 @@ pub struct PolicyArgs {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    List { source: Option<String> },
+    List {
+        source: Option<String>,
+        json: bool,
+    },
     Add(PolicyArgs),
     Remove(PolicyArgs),
+    Apply {
+        file: String,
+        prune: bool,
+        dry_run: bool,
+    },
+    /// Uses `start` as the port to check.
+    Check(PolicyArgs),
 }
 
 /// `--port`: `N` or `N-M`; range checks are the server's.
@@ -162,10 +207,8 @@ pub fn parse_protocol(v: &str) -> Result<String, CommandError> {
 
 /// Parses a command line after the command name, in the cf CLI's order of checks.
 pub fn parse(spec: &Spec, args: &[String]) -> Result<Command, CommandError> {
-    let takes = |f: &str| match spec.name {
-        "c2c-policies" => f == "source",
-        _ => matches!(f, "s" | "o" | "protocol" | "port"),
-    };
+    let takes = |f: &str| spec.options.iter().any(|(name, _)| *name == f);
+    let switch = |f: &str| spec.switches.contains(&f);
     let mut flags: HashMap<String, String> = HashMap::new();
     let mut positional = Vec::new();
     let mut it = args.iter();
@@ -180,6 +223,7 @@ pub fn parse(spec: &Spec, args: &[String]) -> Result<Command, CommandError> {
             }
             let value = match inline {
                 Some(v) => v,
+                None if switch(&name) => "true".to_string(),
                 None => it
                     .next()
                     .cloned()
@@ -194,7 +238,20 @@ pub fn parse(spec: &Spec, args: &[String]) -> Result<Command, CommandError> {
         if !positional.is_empty() {
             return Err(CommandError::Usage(format!("unexpected argument \"{}\"", positional.join(" "))));
         }
-        return Ok(Command::List { source: flags.remove("source") });
+        let json = match flags.get("output").map(String::as_str) {
+            None | Some("table") => false,
+            Some("json") => true,
+            Some(_) => return Err(CommandError::FlagUsage("OUTPUT must be \"table\" or \"json\"".into())),
+        };
+        return Ok(Command::List { source: flags.remove("source"), json });
+    }
+    if spec.name == APPLY.name {
+        let file = match positional.as_slice() {
+            [] => return Err(CommandError::FlagUsage("the required argument `FILE` was not provided".into())),
+            [file] => file.clone(),
+            [_, rest @ ..] => return Err(CommandError::Usage(format!("unexpected argument \"{}\"", rest.join(" ")))),
+        };
+        return Ok(Command::Apply { file, prune: flags.contains_key("prune"), dry_run: flags.contains_key("dry-run") });
     }
     let protocol = flags.get("protocol").map(|p| parse_protocol(p)).transpose()?;
     let port = flags.get("port").map(|p| parse_port(p)).transpose()?;
@@ -207,7 +264,7 @@ pub fn parse(spec: &Spec, args: &[String]) -> Result<Command, CommandError> {
         1 => return Err(CommandError::FlagUsage("the required argument `DESTINATION_APP` was not provided".into())),
         _ => {}
     }
-    let remove = spec.name == REMOVE.name;
+    let remove = spec.name == REMOVE.name || spec.name == CHECK.name;
     if remove && protocol.is_none() {
         return Err(CommandError::FlagUsage("the required flag `--protocol' was not specified".into()));
     }
@@ -235,7 +292,11 @@ pub fn parse(spec: &Spec, args: &[String]) -> Result<Command, CommandError> {
         start,
         end,
     };
-    Ok(if remove { Command::Remove(args) } else { Command::Add(args) })
+    Ok(match spec.name {
+        "c2c-remove-policy" => Command::Remove(args),
+        "c2c-check" => Command::Check(args),
+        _ => Command::Add(args),
+    })
 }
 
 /// Where a command writes: stdout and stderr (buffers in tests).
@@ -306,6 +367,86 @@ fn protocol(p: &str) -> Protocol {
     if p == "udp" { Protocol::Udp } else { Protocol::Tcp }
 }
 
+/// The destination of an add/remove/check: org and space (resolved only when given).
+async fn destination(
+    cc: &CloudController,
+    target: &Target,
+    org: Option<&str>,
+    space: Option<&str>,
+) -> Result<(Resource, Option<Resource>), CommandError> {
+    let dest_org = match org {
+        Some(name) => cc.org_by_name(name).await?,
+        None => Resource { guid: target.org.0.clone(), name: target.org.1.clone(), parent: String::new() },
+    };
+    let dest_space = match space {
+        Some(name) => Some(cc.space_by_name(name, &dest_org.guid).await?),
+        None => None,
+    };
+    Ok((dest_org, dest_space))
+}
+
+/// Policies whose source is one of `sources` (the API also returns those where they are the
+/// destination), asked in batches.
+async fn policies_from(policies: &policy_client::Client, sources: &[String]) -> Result<Vec<Policy>, CommandError> {
+    let wanted: HashSet<&String> = sources.iter().collect();
+    let mut found = Vec::new();
+    for chunk in sources.chunks(BATCH) {
+        let list = policies.list_policies(None, Some(&chunk.join(",")), None).await.map_err(api_error)?;
+        found.extend(list.into_inner().policies.into_iter().filter(|p| wanted.contains(&p.source.id)));
+    }
+    Ok(found)
+}
+
+fn ports_text(start: i32, end: i32) -> String {
+    if start == end { start.to_string() } else { format!("{start}-{end}") }
+}
+
+/// One listed policy with names: source, destination, protocol, ports, space, org.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+struct Row {
+    source: String,
+    destination: String,
+    protocol: String,
+    ports: String,
+    start: i32,
+    end: i32,
+    destination_space: String,
+    destination_org: String,
+}
+
+/// Names for the apps, spaces and orgs of `found` (empty when the user cannot see them).
+async fn named_rows(cc: &CloudController, sources: Vec<Resource>, found: &[Policy]) -> Result<Vec<Row>, CommandError> {
+    let dest_ids: Vec<String> =
+        found.iter().map(|p| p.destination.id.clone()).collect::<HashSet<_>>().into_iter().collect();
+    let mut apps: HashMap<String, Resource> = sources.into_iter().map(|a| (a.guid.clone(), a)).collect();
+    for app in cc.apps(&dest_ids).await? {
+        apps.insert(app.guid.clone(), app);
+    }
+    let space_ids: Vec<String> = apps.values().map(|a| a.parent.clone()).collect::<HashSet<_>>().into_iter().collect();
+    let spaces: HashMap<String, Resource> =
+        cc.spaces(&space_ids).await?.into_iter().map(|s| (s.guid.clone(), s)).collect();
+    let org_ids: Vec<String> = spaces.values().map(|s| s.parent.clone()).collect::<HashSet<_>>().into_iter().collect();
+    let orgs: HashMap<String, String> = cc.orgs(&org_ids).await?.into_iter().map(|o| (o.guid, o.name)).collect();
+    let name = |guid: &String| apps.get(guid).map(|a| a.name.clone()).unwrap_or_default();
+    Ok(found
+        .iter()
+        .map(|p| {
+            let ports = &p.destination.ports;
+            let dst_space = apps.get(&p.destination.id).and_then(|a| spaces.get(&a.parent));
+            Row {
+                source: name(&p.source.id),
+                destination: name(&p.destination.id),
+                protocol: p.destination.protocol.to_string(),
+                ports: ports_text(ports.start, ports.end),
+                start: ports.start,
+                end: ports.end,
+                destination_space: dst_space.map(|s| s.name.clone()).unwrap_or_default(),
+                destination_org: dst_space.and_then(|s| orgs.get(&s.parent)).cloned().unwrap_or_default(),
+            }
+        })
+        .collect())
+}
+
 /// Runs a parsed command against the target.
 pub async fn run(command: &Command, target: &Target, ui: &mut Ui<'_>) -> Result<(), CommandError> {
     let http = http_client(target)?;
@@ -318,28 +459,20 @@ pub async fn run(command: &Command, target: &Target, ui: &mut Ui<'_>) -> Result<
     let policies = policy_client(target, &href)?;
     let (org, space, user) = (&target.org.1, &target.space.1, &target.user);
     match command {
-        Command::Add(a) | Command::Remove(a) => {
-            let adding = matches!(command, Command::Add(_));
-            let dest_org = match &a.org {
-                Some(name) => cc.org_by_name(name).await?,
-                None => crate::cloud_controller::Resource {
-                    guid: target.org.0.clone(),
-                    name: org.clone(),
-                    parent: String::new(),
-                },
+        Command::Add(a) | Command::Remove(a) | Command::Check(a) => {
+            let (dest_org, dest_space) = destination(&cc, target, a.org.as_deref(), a.space.as_deref()).await?;
+            let verb = match command {
+                Command::Add(_) => "Adding network policy",
+                Command::Remove(_) => "Removing network policy",
+                _ => "Checking network policies",
             };
-            let dest_space = match &a.space {
-                Some(name) => Some(cc.space_by_name(name, &dest_org.guid).await?),
-                None => None,
-            };
-            let verb = if adding { "Adding" } else { "Removing" };
             match &dest_space {
                 None => ui.say(&format!(
-                    "{verb} network policy from app {} to app {} in org {org} / space {space} as {user}...",
+                    "{verb} from app {} to app {} in org {org} / space {space} as {user}...",
                     a.source, a.destination
                 )),
                 Some(ds) => ui.say(&format!(
-                    "{verb} network policy from app {} in org {org} / space {space} to app {} in org {} / space {} as {user}...",
+                    "{verb} from app {} in org {org} / space {space} to app {} in org {} / space {} as {user}...",
                     a.source, a.destination, dest_org.name, ds.name
                 )),
             }
@@ -347,86 +480,114 @@ pub async fn run(command: &Command, target: &Target, ui: &mut Ui<'_>) -> Result<
             let dst_space_guid = dest_space.as_ref().map(|s| s.guid.clone()).unwrap_or_else(|| target.space.0.clone());
             let dst = cc.app_by_name(&a.destination, &dst_space_guid).await?;
             let policy = Policy::new(&src.guid, &dst.guid, protocol(&a.protocol), a.start, a.end);
-            if adding {
-                policies.create_policies(&Policies { policies: vec![policy] }).await.map_err(api_error)?;
-            } else {
-                let existing =
-                    policies.list_policies(None, Some(&src.guid), None).await.map_err(api_error)?.into_inner();
-                if existing.policies.contains(&policy) {
-                    policies.delete_policies(&Policies { policies: vec![policy] }).await.map_err(api_error)?;
-                } else {
-                    ui.say("Policy does not exist.");
+            match command {
+                Command::Add(_) => {
+                    policies.create_policies(&Policies { policies: vec![policy] }).await.map_err(api_error)?;
+                }
+                Command::Remove(_) => {
+                    let existing = policies_from(&policies, std::slice::from_ref(&src.guid)).await?;
+                    if existing.contains(&policy) {
+                        policies.delete_policies(&Policies { policies: vec![policy] }).await.map_err(api_error)?;
+                    } else {
+                        ui.say("Policy does not exist.");
+                    }
+                }
+                _ => {
+                    let existing = policies_from(&policies, std::slice::from_ref(&src.guid)).await?;
+                    let allowing = existing.iter().find(|p| {
+                        p.destination.id == dst.guid
+                            && p.destination.protocol == policy.destination.protocol
+                            && p.destination.ports.start <= a.start
+                            && a.start <= p.destination.ports.end
+                    });
+                    match allowing {
+                        Some(p) => ui.say(&format!(
+                            "Allowed: {} -> {} {} {} by the policy for {} {}",
+                            a.source,
+                            a.destination,
+                            a.protocol,
+                            a.start,
+                            p.destination.protocol,
+                            ports_text(p.destination.ports.start, p.destination.ports.end)
+                        )),
+                        None => {
+                            return Err(CommandError::Message(format!(
+                                "Not allowed: no policy lets {} reach {} on {} port {}.",
+                                a.source, a.destination, a.protocol, a.start
+                            )));
+                        }
+                    }
                 }
             }
             ui.say("OK");
             ui.say("");
             Ok(())
         }
-        Command::List { source } => {
+        Command::List { source, json } => {
             let sources = match source {
                 Some(name) => {
-                    ui.say(&format!(
-                        "Listing network policies of app {name} in org {org} / space {space} as {user}..."
-                    ));
+                    if !json {
+                        ui.say(&format!(
+                            "Listing network policies of app {name} in org {org} / space {space} as {user}..."
+                        ));
+                    }
                     vec![cc.app_by_name(name, &target.space.0).await?]
                 }
                 None => {
-                    ui.say(&format!("Listing network policies in org {org} / space {space} as {user}..."));
+                    if !json {
+                        ui.say(&format!("Listing network policies in org {org} / space {space} as {user}..."));
+                    }
                     cc.apps_in_space(&target.space.0).await?
                 }
             };
             let source_ids: Vec<String> = sources.iter().map(|a| a.guid.clone()).collect();
-            let wanted: HashSet<&String> = source_ids.iter().collect();
-            let mut found = Vec::new();
-            for chunk in source_ids.chunks(BATCH) {
-                let list = policies.list_policies(None, Some(&chunk.join(",")), None).await.map_err(api_error)?;
-                found.extend(list.into_inner().policies.into_iter().filter(|p| wanted.contains(&p.source.id)));
+            let found = policies_from(&policies, &source_ids).await?;
+            let rows = named_rows(&cc, sources, &found).await?;
+            if *json {
+                let body = serde_json::json!({ "policies": rows });
+                let _ = writeln!(ui.out, "{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+                return Ok(());
             }
-            let dest_ids: Vec<String> =
-                found.iter().map(|p| p.destination.id.clone()).collect::<HashSet<_>>().into_iter().collect();
-            let mut apps: HashMap<String, crate::cloud_controller::Resource> =
-                sources.into_iter().map(|a| (a.guid.clone(), a)).collect();
-            for app in cc.apps(&dest_ids).await? {
-                apps.insert(app.guid.clone(), app);
-            }
-            let space_ids: Vec<String> =
-                apps.values().map(|a| a.parent.clone()).collect::<HashSet<_>>().into_iter().collect();
-            let spaces: HashMap<String, crate::cloud_controller::Resource> =
-                cc.spaces(&space_ids).await?.into_iter().map(|s| (s.guid.clone(), s)).collect();
-            let org_ids: Vec<String> =
-                spaces.values().map(|s| s.parent.clone()).collect::<HashSet<_>>().into_iter().collect();
-            let orgs: HashMap<String, String> =
-                cc.orgs(&org_ids).await?.into_iter().map(|o| (o.guid, o.name)).collect();
-            let name = |guid: &String| apps.get(guid).map(|a| a.name.clone()).unwrap_or_default();
-            let rows: Vec<Vec<String>> = found
-                .iter()
-                .map(|p| {
-                    let ports = &p.destination.ports;
-                    let ports = if ports.start == ports.end {
-                        ports.start.to_string()
-                    } else {
-                        format!("{}-{}", ports.start, ports.end)
-                    };
-                    let dst_space = apps.get(&p.destination.id).and_then(|a| spaces.get(&a.parent));
-                    vec![
-                        name(&p.source.id),
-                        name(&p.destination.id),
-                        p.destination.protocol.to_string(),
-                        ports,
-                        dst_space.map(|s| s.name.clone()).unwrap_or_default(),
-                        dst_space.and_then(|s| orgs.get(&s.parent)).cloned().unwrap_or_default(),
-                    ]
-                })
-                .collect();
             ui.say("");
+            let cells: Vec<Vec<String>> = rows
+                .into_iter()
+                .map(|r| vec![r.source, r.destination, r.protocol, r.ports, r.destination_space, r.destination_org])
+                .collect();
             let _ = write!(
                 ui.out,
                 "{}",
                 crate::table::render(
                     &["source", "destination", "protocol", "ports", "destination space", "destination org"],
-                    &rows
+                    &cells
                 )
             );
+            Ok(())
+        }
+        Command::Apply { file, prune, dry_run } => {
+            let wanted = crate::apply::read(std::path::Path::new(file))?;
+            ui.say(&format!("Applying network policies from {file} in org {org} / space {space} as {user}..."));
+            let plan = crate::apply::plan(&cc, target, &policies, &wanted, *prune).await?;
+            for p in &plan.create {
+                ui.say(&format!("+ {}", plan.describe(p)));
+            }
+            for p in &plan.delete {
+                ui.say(&format!("- {}", plan.describe(p)));
+            }
+            if plan.create.is_empty() && plan.delete.is_empty() {
+                ui.say("Nothing to change.");
+            }
+            if !*dry_run {
+                if !plan.create.is_empty() {
+                    policies.create_policies(&Policies { policies: plan.create.clone() }).await.map_err(api_error)?;
+                }
+                if !plan.delete.is_empty() {
+                    policies.delete_policies(&Policies { policies: plan.delete.clone() }).await.map_err(api_error)?;
+                }
+            } else {
+                ui.say("(dry run: nothing was changed)");
+            }
+            ui.say("OK");
+            ui.say("");
             Ok(())
         }
     }
@@ -503,8 +664,24 @@ mod tests {
 
     #[test]
     fn list_takes_source_only() {
-        assert_eq!(parse(&LIST, &args("--source front")).unwrap(), Command::List { source: Some("front".into()) });
+        assert_eq!(
+            parse(&LIST, &args("--source front")).unwrap(),
+            Command::List { source: Some("front".into()), json: false }
+        );
+        assert_eq!(parse(&LIST, &args("--output json")).unwrap(), Command::List { source: None, json: true });
+        assert_eq!(err(&LIST, "--output xml"), "Incorrect Usage: OUTPUT must be \"table\" or \"json\"");
         assert_eq!(err(&LIST, "--port 1"), "Incorrect Usage: unknown flag `port'");
+    }
+
+    #[test]
+    fn apply_and_check() {
+        assert_eq!(
+            parse(&APPLY, &args("p.yml --prune --dry-run")).unwrap(),
+            Command::Apply { file: "p.yml".into(), prune: true, dry_run: true }
+        );
+        assert_eq!(err(&APPLY, ""), "Incorrect Usage: the required argument `FILE` was not provided");
+        assert!(matches!(parse(&CHECK, &args("a b --protocol tcp --port 80")), Ok(Command::Check(_))));
+        assert_eq!(err(&CHECK, "a b --port 80"), "Incorrect Usage: the required flag `--protocol' was not specified");
     }
 
     #[test]

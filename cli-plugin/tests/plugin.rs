@@ -118,7 +118,7 @@ async fn send_metadata_through_go_net_rpc() {
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(meta["Name"], "c2c");
     let names: Vec<&str> = meta["Commands"].as_array().unwrap().iter().map(|c| c["Name"].as_str().unwrap()).collect();
-    assert_eq!(names, vec!["c2c-policies", "c2c-add-policy", "c2c-remove-policy"]);
+    assert_eq!(names, vec!["c2c-policies", "c2c-add-policy", "c2c-remove-policy", "c2c-apply", "c2c-check"]);
     let add = &meta["Commands"][1];
     assert_eq!(add["HelpText"], "Create policy to allow direct network traffic from one app to another");
     assert_eq!(add["UsageDetails"]["Options"]["protocol"], "Protocol to connect apps with (Default: tcp)");
@@ -282,4 +282,60 @@ async fn standalone_with_the_cf_config() {
     let out = run(vec!["network-policies"]).await.unwrap();
     assert_eq!(out.status.code(), Some(1));
     let _ = std::fs::remove_dir_all(home);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_check_and_apply() {
+    let w = world().await;
+    let r = cf(&w, "admin", &["c2c-add-policy", "app-1", "app-2", "--protocol", "tcp", "--port", "8080-8090"]).await;
+    assert_eq!(r.code, 0, "{}", r.err);
+
+    let r = cf(&w, "admin", &["c2c-policies", "--output", "json"]).await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    let v: serde_json::Value = serde_json::from_str(&r.out).expect("only JSON on stdout");
+    assert_eq!(v["policies"][0]["source"], "app-1");
+    assert_eq!(v["policies"][0]["ports"], "8080-8090");
+    assert_eq!(v["policies"][0]["destination_space"], "s1");
+
+    let r = cf(&w, "admin", &["c2c-check", "app-1", "app-2", "--protocol", "tcp", "--port", "8085"]).await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(r.out.contains("Allowed: app-1 -> app-2 tcp 8085 by the policy for tcp 8080-8090"), "{}", r.out);
+    let r = cf(&w, "admin", &["c2c-check", "app-1", "app-2", "--protocol", "udp", "--port", "8085"]).await;
+    assert_eq!(r.code, 1);
+    assert_eq!(r.err, "Not allowed: no policy lets app-1 reach app-2 on udp port 8085.\n");
+
+    let dir = std::env::temp_dir().join(format!("c2c-apply-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("policies.yml");
+    std::fs::write(
+        &file,
+        "policies:\n  - source: app-1\n    destination: app-2\n    ports: 8080-8090\n  - source: app-1\n    destination: app-3\n    space: s2\n    protocol: udp\n    port: 53\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap().to_string();
+    let path: &'static str = Box::leak(path.into_boxed_str());
+    let r = cf(&w, "admin", &["c2c-apply", path, "--dry-run"]).await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(r.out.contains("+ app-1 -> app-3 udp 53"), "{}", r.out);
+    assert!(r.out.contains("(dry run: nothing was changed)"));
+    let admin = policy_client::Client::new_with_token(&w.server.url(), &w.cf.uaa.user_token("admin")).unwrap();
+    assert_eq!(admin.list_policies(None, None, None).await.unwrap().into_inner().total_policies, 1);
+    let r = cf(&w, "admin", &["c2c-apply", path]).await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(admin.list_policies(None, None, None).await.unwrap().into_inner().total_policies, 2);
+    let r = cf(&w, "admin", &["c2c-apply", path]).await;
+    assert!(r.out.contains("Nothing to change."), "{}", r.out);
+
+    // --prune removes what the file no longer lists.
+    std::fs::write(&file, "policies:\n  - source: app-1\n    destination: app-2\n    ports: 8080-8090\n").unwrap();
+    let r = cf(&w, "admin", &["c2c-apply", path, "--prune"]).await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(r.out.contains("- app-1 -> "), "{}", r.out);
+    assert_eq!(admin.list_policies(None, None, None).await.unwrap().into_inner().total_policies, 1);
+
+    std::fs::write(&file, "policies:\n  - source: app-1\n    destinaton: app-2\n").unwrap();
+    let r = cf(&w, "admin", &["c2c-apply", path]).await;
+    assert_eq!(r.code, 1);
+    assert!(r.err.contains("is not a valid policy file"), "{}", r.err);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,0 +1,155 @@
+//! `c2c-apply`: a file of policies by app name, turned into the creates (and, with
+//! `--prune`, deletes) that make the policy server hold exactly those.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use policy_client::types::Policy;
+use serde::Deserialize;
+
+use crate::cloud_controller::CloudController;
+use crate::commands::{parse_port, parse_protocol};
+use crate::errors::CommandError;
+use crate::target::Target;
+
+/// One entry of the file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub source: String,
+    pub destination: String,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// `8080` or `8080-8090`.
+    #[serde(default, alias = "port")]
+    pub ports: Option<serde_yaml::Value>,
+    /// Destination space (default: the targeted space).
+    #[serde(default)]
+    pub space: Option<String>,
+    /// Destination org (default: the targeted org).
+    #[serde(default)]
+    pub org: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub policies: Vec<Entry>,
+}
+
+/// Reads a YAML or JSON policy file (JSON is YAML too).
+pub fn read(path: &Path) -> Result<File, CommandError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CommandError::Message(format!("Cannot read {}: {e}", path.display())))?;
+    let file: File = serde_yaml::from_str(&text)
+        .map_err(|e| CommandError::Message(format!("{} is not a valid policy file: {e}", path.display())))?;
+    for e in &file.policies {
+        if e.org.is_some() && e.space.is_none() {
+            return Err(CommandError::Message(format!(
+                "{}: the policy {} -> {} names an org but no space",
+                path.display(),
+                e.source,
+                e.destination
+            )));
+        }
+    }
+    Ok(file)
+}
+
+fn ports_of(e: &Entry) -> Result<(i32, i32), CommandError> {
+    match &e.ports {
+        None => Ok((8080, 8080)),
+        Some(serde_yaml::Value::Number(n)) => {
+            let p = n.as_i64().and_then(|p| i32::try_from(p).ok()).ok_or_else(|| {
+                CommandError::Message(format!("invalid port {n} in the policy {} -> {}", e.source, e.destination))
+            })?;
+            Ok((p, p))
+        }
+        Some(serde_yaml::Value::String(s)) => parse_port(s).map_err(|_| {
+            CommandError::Message(format!("invalid ports {s:?} in the policy {} -> {}", e.source, e.destination))
+        }),
+        Some(other) => Err(CommandError::Message(format!(
+            "invalid ports {other:?} in the policy {} -> {}",
+            e.source, e.destination
+        ))),
+    }
+}
+
+/// What applying the file changes, with names to show.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub create: Vec<Policy>,
+    pub delete: Vec<Policy>,
+    names: HashMap<String, String>,
+}
+
+impl Plan {
+    pub fn describe(&self, p: &Policy) -> String {
+        let name = |g: &String| self.names.get(g).cloned().unwrap_or_else(|| g.clone());
+        let (s, e) = (p.destination.ports.start, p.destination.ports.end);
+        let ports = if s == e { s.to_string() } else { format!("{s}-{e}") };
+        format!("{} -> {} {} {}", name(&p.source.id), name(&p.destination.id), p.destination.protocol, ports)
+    }
+}
+
+pub async fn plan(
+    cc: &CloudController,
+    target: &Target,
+    policies: &policy_client::Client,
+    file: &File,
+    prune: bool,
+) -> Result<Plan, CommandError> {
+    let mut plan = Plan::default();
+    let mut wanted = Vec::new();
+    let mut spaces: HashMap<(Option<String>, Option<String>), String> = HashMap::new();
+    for e in &file.policies {
+        let protocol = parse_protocol(e.protocol.as_deref().unwrap_or("tcp")).map_err(|_| {
+            CommandError::Message(format!("invalid protocol in the policy {} -> {}", e.source, e.destination))
+        })?;
+        let (start, end) = ports_of(e)?;
+        let key = (e.org.clone(), e.space.clone());
+        let dest_space = match spaces.get(&key) {
+            Some(s) => s.clone(),
+            None => {
+                let org = match &e.org {
+                    Some(o) => cc.org_by_name(o).await?.guid,
+                    None => target.org.0.clone(),
+                };
+                let space = match &e.space {
+                    Some(s) => cc.space_by_name(s, &org).await?.guid,
+                    None => target.space.0.clone(),
+                };
+                spaces.insert(key, space.clone());
+                space
+            }
+        };
+        let src = cc.app_by_name(&e.source, &target.space.0).await?;
+        let dst = cc.app_by_name(&e.destination, &dest_space).await?;
+        plan.names.insert(src.guid.clone(), e.source.clone());
+        plan.names.insert(dst.guid.clone(), e.destination.clone());
+        let proto =
+            if protocol == "udp" { policy_client::types::Protocol::Udp } else { policy_client::types::Protocol::Tcp };
+        wanted.push(Policy::new(&src.guid, &dst.guid, proto, start, end));
+    }
+    let sources: Vec<String> = wanted.iter().map(|p| p.source.id.clone()).collect::<HashSet<_>>().into_iter().collect();
+    let mut existing = Vec::new();
+    for chunk in sources.chunks(crate::cloud_controller::BATCH) {
+        let list = policies.list_policies(None, Some(&chunk.join(",")), None).await.map_err(|e| {
+            CommandError::Message(policy_client::error_message(&e).unwrap_or("Request error").to_string())
+        })?;
+        existing.extend(list.into_inner().policies.into_iter().filter(|p| sources.contains(&p.source.id)));
+    }
+    for w in &wanted {
+        if !existing.contains(w) && !plan.create.contains(w) {
+            plan.create.push(w.clone());
+        }
+    }
+    if prune {
+        for e in existing {
+            if !wanted.contains(&e) {
+                plan.delete.push(e);
+            }
+        }
+    }
+    Ok(plan)
+}
