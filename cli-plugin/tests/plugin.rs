@@ -73,6 +73,10 @@ struct Run {
 /// Runs `cf <args>` the way cf runs plugin commands, as `user`.
 async fn cf(w: &World, user: &str, args: &[&str]) -> Run {
     let token = if user.is_empty() { String::new() } else { w.cf.uaa.user_token(user) };
+    cf_with_token(w, user, token, args).await
+}
+
+async fn cf_with_token(w: &World, user: &str, token: String, args: &[&str]) -> Run {
     let peer = go_peer();
     let api = w.cf.cc.url();
     let metadata = std::env::temp_dir().join(format!("c2c-meta-{}", rand_suffix()));
@@ -200,6 +204,18 @@ async fn errors_print_cf_messages_and_fail() {
     let r = cf(&w, "admin", &["c2c-add-policy", "a", "b", "--port", "1"]).await;
     assert_eq!(r.err, "Incorrect Usage: --protocol and --port flags must be specified together\n");
     assert!(r.out.starts_with("FAILED\n\nNAME:"), "{}", r.out);
+
+    // A bad port, and an expired token (Cloud Controller refuses it first, as with cf).
+    let r = cf(&w, "admin", &["c2c-add-policy", "a", "b", "--protocol", "tcp", "--port", "x"]).await;
+    assert_eq!((r.code, r.err.as_str()), (1, "Incorrect Usage: PORT must be a positive integer\n\n"));
+    let expired =
+        w.cf.uaa.user_token_with("admin", testkit::TokenRequest { lifetime_secs: Some(-600), ..Default::default() });
+    let r = cf_with_token(&w, "admin", expired, &["c2c-policies"]).await;
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.err,
+        "The token expired, was revoked, or the token ID is incorrect. Please log back in to re-authenticate.\n"
+    );
 
     // The policy server is down.
     w.cf.cc.set_policy_server_url("http://127.0.0.1:1");

@@ -158,6 +158,31 @@ mod fuzz {
     use super::vectors::{messages, metadata_type};
     use super::*;
 
+    /// The checked-in corpus (`fuzz-corpus/*.dump`), each file a whole stream.
+    fn corpus() -> Vec<Vec<u8>> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz-corpus");
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .expect("fuzz-corpus directory")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "dump"))
+            .collect();
+        files.sort();
+        files.iter().map(|p| vectors::bytes(&std::fs::read_to_string(p).unwrap())).collect()
+    }
+
+    #[test]
+    fn corpus_streams_decode() {
+        let corpus = corpus();
+        assert!(corpus.len() >= 5);
+        for stream in corpus {
+            let mut d = Decoder::new();
+            for m in messages(&stream) {
+                d.message(&m).expect("corpus streams are valid");
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
@@ -175,14 +200,9 @@ mod fuzz {
         }
 
         #[test]
-        fn mutated_real_messages_never_panic(flip in 0usize..400, byte in any::<u8>()) {
-            let stream = vectors::bytes(
-                r#"1d ff 81 03 01 01 01 "X" 01 ff 82 00 01 02 01 01 "T" 01 ff 84 00 01 01 "E" 01 ff 86 00 00 00
-                   0a ff 83 05 01 02 ff 88 00 00 00
-                   27 ff 85 04 01 01 17 "map[string]interface {}" 01 ff 86 00 01 0c 01 10 00 00
-                   24 ff 82 01 0f 01 00 00 00 0e d5 9f 54 a5 00 00 00 00 ff ff 01 01 01 "a" 06 "string" 0c 03 00 01 "b" 00"#,
-            );
-            let mut msgs = messages(&stream);
+        fn mutated_corpus_streams_never_panic(file in 0usize..64, flip in 0usize..400, byte in any::<u8>()) {
+            let corpus = corpus();
+            let mut msgs = messages(&corpus[file % corpus.len()]);
             let total: usize = msgs.iter().map(Vec::len).sum();
             let mut at = flip % total;
             for m in msgs.iter_mut() {
