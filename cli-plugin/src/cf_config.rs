@@ -33,8 +33,9 @@ fn s(v: &Value, key: &str) -> String {
     v.get(key).and_then(Value::as_str).unwrap_or("").to_string()
 }
 
-/// Reads the target from the cf config, refreshing (and saving) the token if needed.
-pub async fn load(path: &Path) -> Result<Target, CommandError> {
+/// Reads the target from the cf config, refreshing (and saving) the token if it expires
+/// within a minute, or in any case with `force_refresh` (after an API refused it).
+pub async fn load(path: &Path, force_refresh: bool) -> Result<Target, CommandError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(_) => return Ok(Target::default()),
@@ -43,7 +44,7 @@ pub async fn load(path: &Path) -> Result<Target, CommandError> {
         .map_err(|e| CommandError::Message(format!("cf config {} is not valid JSON: {e}", path.display())))?;
     let mut token = s(&config, "AccessToken");
     let refresh = s(&config, "RefreshToken");
-    if !refresh.is_empty() && (token.is_empty() || expires_soon(&token)) {
+    if !refresh.is_empty() && (force_refresh || token.is_empty() || expires_soon(&token)) {
         let (access, new_refresh) = refresh_token(&config, &refresh).await?;
         token = format!("bearer {access}");
         config["AccessToken"] = Value::String(token.clone());

@@ -61,7 +61,7 @@ impl CloudController {
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if status.as_u16() == 401 {
-            return Err(CommandError::Message(
+            return Err(CommandError::Unauthorized(
                 "The token expired, was revoked, or the token ID is incorrect. Please log back in to re-authenticate."
                     .into(),
             ));

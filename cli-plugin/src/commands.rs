@@ -355,6 +355,9 @@ fn policy_client(target: &Target, href: &str) -> Result<policy_client::Client, C
 
 fn api_error(err: policy_client::Error<policy_client::types::Error>) -> CommandError {
     if let Some(m) = policy_client::error_message(&err) {
+        if err.status().map(|s| s.as_u16()) == Some(401) {
+            return CommandError::Unauthorized(m.to_string());
+        }
         return CommandError::Message(m.to_string());
     }
     match err.status() {

@@ -12,4 +12,7 @@ pub enum CommandError {
     /// The message on stderr, then `FAILED`.
     #[error("{0}")]
     Message(String),
+    /// A 401 from Cloud Controller or the policy API: worth one retry with a fresh token.
+    #[error("{0}")]
+    Unauthorized(String),
 }

@@ -293,6 +293,17 @@ async fn standalone_with_the_cf_config() {
     assert!(text.contains("app-1    app-2         udp        53"), "{text}");
     let out = run(vec!["remove-network-policy", "app-1", "app-2", "--protocol", "udp", "--port", "53"]).await.unwrap();
     assert!(out.status.success());
+    // A token the APIs refuse although it has not expired: refreshed and the command retried,
+    // printing its output once.
+    let mut revoked = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&path).unwrap()).unwrap();
+    revoked["AccessToken"] = serde_json::Value::String(format!("bearer {}", w.cf.uaa.forged_user_token("admin")));
+    std::fs::write(&path, serde_json::to_string(&revoked).unwrap()).unwrap();
+    let out = run(vec!["network-policies"]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("Listing network policies").count(), 1);
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_ne!(saved["AccessToken"], revoked["AccessToken"]);
+
     // Not logged in at all.
     std::fs::write(&path, r#"{"Target": "http://127.0.0.1:1"}"#).unwrap();
     let out = run(vec!["network-policies"]).await.unwrap();

@@ -24,12 +24,14 @@ Or run it standalone, with the target and login of `cf login` (read from $CF_HOM
   cf-c2c remove-network-policy SOURCE_APP DESTINATION_APP [-s SPACE [-o ORG]] --protocol (tcp | udp) --port RANGE
 (the c2c-* names work too; add --help to a command for its options)";
 
-/// Parses and runs one command against `target`, printing as cf does.
-async fn execute(
-    name: &str,
-    args: &[String],
-    target: impl std::future::Future<Output = Result<Target, String>>,
-) -> ExitCode {
+/// Parses and runs one command, printing as cf does. `target(false)` gives the target;
+/// when an API answers 401, `target(true)` gives one with a fresh token and the command runs
+/// once more (the first attempt's output is dropped, so nothing prints twice).
+async fn execute<F, Fut>(name: &str, args: &[String], target: F) -> ExitCode
+where
+    F: Fn(bool) -> Fut,
+    Fut: std::future::Future<Output = Result<Target, String>>,
+{
     let Some(spec) = commands::lookup(name) else {
         eprintln!("'{name}' is not a command of this plugin.\n\n{STANDALONE_USAGE}");
         return ExitCode::from(1);
@@ -45,16 +47,26 @@ async fn execute(
         Ok(c) => c,
         Err(e) => return usage_failure(spec, &e, &mut out, &mut err),
     };
-    let target = match target.await {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = writeln!(err, "{e}");
-            let _ = writeln!(out, "FAILED");
-            return ExitCode::from(1);
+    let mut result = Err(CommandError::Message(String::new()));
+    for fresh in [false, true] {
+        let target = match target(fresh).await {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = writeln!(err, "{e}");
+                let _ = writeln!(out, "FAILED");
+                return ExitCode::from(1);
+            }
+        };
+        let (mut buf_out, mut buf_err) = (Vec::new(), Vec::new());
+        let mut ui = Ui { out: &mut buf_out, err: &mut buf_err };
+        result = commands::run(&parsed, &target, &mut ui).await;
+        if fresh || !matches!(result, Err(CommandError::Unauthorized(_))) {
+            let _ = out.write_all(&buf_out);
+            let _ = err.write_all(&buf_err);
+            break;
         }
-    };
-    let mut ui = Ui { out: &mut out, err: &mut err };
-    match commands::run(&parsed, &target, &mut ui).await {
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(err, "{e}");
@@ -83,7 +95,8 @@ async fn plugin(port: u16, args: &[String]) -> ExitCode {
     if command == "CLI-MESSAGE-UNINSTALL" {
         return ExitCode::SUCCESS;
     }
-    execute(command, &args[1..], async { Target::from_rpc(&rpc).await.map_err(|e| e.to_string()) }).await
+    // cf's AccessToken refreshes a token that is about to expire; asking again is the retry.
+    execute(command, &args[1..], |_| async move { Target::from_rpc(&rpc).await.map_err(|e| e.to_string()) }).await
 }
 
 fn usage_failure(spec: &commands::Spec, e: &CommandError, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
@@ -105,8 +118,11 @@ async fn main() -> ExitCode {
         Some(Ok(port)) => plugin(port, &args[1..]).await,
         Some(Err(_)) => {
             let path = cli_plugin::cf_config::config_path();
-            execute(&args[0], &args[1..], async { cli_plugin::cf_config::load(&path).await.map_err(|e| e.to_string()) })
-                .await
+            let path = &path;
+            execute(&args[0], &args[1..], |fresh| async move {
+                cli_plugin::cf_config::load(path, fresh).await.map_err(|e| e.to_string())
+            })
+            .await
         }
         None => {
             eprintln!("{NOT_STANDALONE}\n{STANDALONE_USAGE}");
