@@ -1,0 +1,8 @@
+//! netagent: everything on a cell. This first part holds the pure pieces: overlay planning,
+//! container addressing and naming, the container store and the CNI protocol types.
+
+pub mod cni;
+pub mod containers;
+pub mod ipam;
+pub mod naming;
+pub mod overlay;
