@@ -5,4 +5,5 @@ pub mod cni;
 pub mod containers;
 pub mod ipam;
 pub mod naming;
+pub mod netlink;
 pub mod overlay;

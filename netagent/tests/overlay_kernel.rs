@@ -1,0 +1,184 @@
+//! The overlay against the real kernel: cells are network namespaces joined by an underlay
+//! veth; each converges its VTEP and remote entries through netlink; traffic crosses the
+//! VXLAN. Needs root (CI runs as root); fails, not skips, without it.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use netagent::netlink::{Netlink, converge};
+use netagent::overlay::{Lease, OverlaySettings, plan};
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test builds network namespaces and needs root: run the test suite as root (CI does)"
+    );
+}
+
+fn sh(args: &[&str]) {
+    let status = Command::new(args[0]).args(&args[1..]).status().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(status.success(), "{args:?} failed");
+}
+
+fn ok(args: &[&str]) -> bool {
+    Command::new(args[0]).args(&args[1..]).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// A network namespace, deleted when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("c2c-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns(name)
+    }
+
+    /// Runs `f` on a thread inside this namespace, with a tokio runtime.
+    fn run<T: Send + 'static, F, Fut>(&self, f: F) -> T
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T>,
+    {
+        let path = format!("/var/run/netns/{}", self.0);
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f())
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Pings `ip`, allowing a few seconds for underlay links and ARP to settle.
+    fn reaches(&self, ip: &str) -> bool {
+        (0..5).any(|_| self.exec(&["ping", "-c", "1", "-W", "1", ip]))
+    }
+
+    fn exec(&self, args: &[&str]) -> bool {
+        let mut full = vec!["ip", "netns", "exec", &self.0];
+        full.extend_from_slice(args);
+        ok(&full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+fn settings() -> OverlaySettings {
+    OverlaySettings {
+        vtep_name: "c2c-vtep".into(),
+        vni: 1,
+        port: 4789,
+        network: Ipv4Addr::new(10, 255, 0, 0),
+        network_prefix: 16,
+    }
+}
+
+/// Three cells on one underlay "switch" (a bridge in its own namespace).
+struct Fabric {
+    _switch: Netns,
+    cells: Vec<Netns>,
+}
+
+fn fabric(n: usize) -> Fabric {
+    let switch = Netns::new("sw");
+    sh(&["ip", "-n", &switch.0, "link", "add", "br0", "type", "bridge"]);
+    sh(&["ip", "-n", &switch.0, "link", "set", "br0", "up"]);
+    let mut cells = Vec::new();
+    for i in 1..=n {
+        let cell = Netns::new(&format!("cell{i}"));
+        let (a, b) = (format!("u{i}"), format!("p{i}"));
+        sh(&["ip", "-n", &cell.0, "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &switch.0]);
+        sh(&["ip", "-n", &switch.0, "link", "set", &b, "master", "br0", "up"]);
+        sh(&["ip", "-n", &cell.0, "addr", "add", &format!("10.254.250.{i}/24"), "dev", &a]);
+        sh(&["ip", "-n", &cell.0, "link", "set", &a, "up"]);
+        cells.push(cell);
+    }
+    Fabric { _switch: switch, cells }
+}
+
+fn lease(i: u8) -> Lease {
+    Lease { underlay_ip: Ipv4Addr::new(10, 254, 250, i), subnet: Ipv4Addr::new(10, 255, i, 0), prefix: 24 }
+}
+
+fn converge_cell(cell: &Netns, me: u8, all: &[u8]) -> (usize, usize) {
+    let leases: Vec<Lease> = all.iter().map(|i| lease(*i)).collect();
+    let desired = plan(&settings(), &lease(me), &leases);
+    cell.run(move || async move {
+        let nl = Netlink::connect().unwrap();
+        converge(&nl, &desired.vtep, &desired.remotes).await.unwrap()
+    })
+}
+
+fn remotes_of(cell: &Netns) -> BTreeSet<netagent::overlay::Remote> {
+    cell.run(|| async {
+        let nl = Netlink::connect().unwrap();
+        let link = nl.link_by_name("c2c-vtep").await.unwrap().unwrap();
+        nl.remotes(link.header.index).await.unwrap()
+    })
+}
+
+/// What the kernel holds, for failure messages.
+fn dump(cell: &Netns) -> String {
+    let mut out = String::new();
+    for args in [
+        vec!["ip", "-n", &cell.0, "-d", "link", "show", "c2c-vtep"],
+        vec!["ip", "-n", &cell.0, "addr"],
+        vec!["ip", "-n", &cell.0, "route"],
+        vec!["ip", "-n", &cell.0, "neigh"],
+        vec!["bridge", "-n", &cell.0, "fdb", "show", "dev", "c2c-vtep"],
+    ] {
+        let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+        out.push_str(&format!(
+            "$ {}\n{}{}\n",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    out
+}
+
+#[test]
+fn cells_reach_each_other_over_the_overlay() {
+    require_root();
+    let f = fabric(3);
+    let (c1, c2, c3) = (&f.cells[0], &f.cells[1], &f.cells[2]);
+
+    assert_eq!(converge_cell(c1, 1, &[1, 2]), (1, 0));
+    assert_eq!(converge_cell(c2, 2, &[1, 2]), (1, 0));
+    assert!(c1.reaches("10.255.2.0"), "cell 1 reaches cell 2's VTEP over VXLAN:\n{}", dump(c1));
+    assert!(c2.reaches("10.255.1.0"), "and back");
+
+    // Converging again changes nothing.
+    let read_back = remotes_of(c1);
+    assert_eq!(converge_cell(c1, 1, &[1, 2]), (0, 0), "read back: {read_back:?}");
+    assert_eq!(remotes_of(c1).len(), 1);
+    let details = Command::new("ip").args(["-n", &c1.0, "-d", "link", "show", "c2c-vtep"]).output().unwrap();
+    let details = String::from_utf8_lossy(&details.stdout);
+    assert!(details.contains("vxlan id 1"), "{details}");
+    assert!(details.contains("gbp"), "GBP is on: {details}");
+    assert!(details.contains("nolearning"), "{details}");
+    assert!(details.contains("dstport 4789"), "{details}");
+    assert!(details.contains("ee:ee:0a:ff:01:00"), "MAC from the subnet: {details}");
+
+    // A third cell joins: the others learn it without a restart.
+    assert_eq!(converge_cell(c3, 3, &[1, 2, 3]), (2, 0));
+    assert_eq!(converge_cell(c1, 1, &[1, 2, 3]), (1, 0));
+    assert_eq!(converge_cell(c2, 2, &[1, 2, 3]), (1, 0));
+    assert!(c1.reaches("10.255.3.0"));
+    assert!(c3.reaches("10.255.2.0"));
+
+    // Cell 3 leaves: its entries disappear from the others.
+    assert_eq!(converge_cell(c1, 1, &[1, 2]), (0, 1));
+    assert_eq!(remotes_of(c1).len(), 1);
+    assert!(!c1.reaches("10.255.3.0"));
+    assert!(c1.reaches("10.255.2.0"), "the remaining cell is unaffected");
+}
