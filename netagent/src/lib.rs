@@ -2,6 +2,7 @@
 //! container addressing and naming, the container store and the CNI protocol types.
 
 pub mod cni;
+pub mod container_net;
 pub mod containers;
 pub mod ipam;
 pub mod naming;

@@ -48,6 +48,10 @@ pub struct Netlink {
 }
 
 impl Netlink {
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// Opens a connection; must be called inside a tokio runtime.
     pub fn connect() -> Result<Netlink, NetlinkError> {
         let (connection, handle, _) = rtnetlink::new_connection()?;

@@ -182,3 +182,109 @@ fn cells_reach_each_other_over_the_overlay() {
     assert!(!c1.reaches("10.255.3.0"));
     assert!(c1.reaches("10.255.2.0"), "the remaining cell is unaffected");
 }
+
+/// A TCP echo and a UDP echo on `ip:port` inside `ns`, serving one exchange each, in the
+/// background.
+fn echo_servers(ns: &Netns, ip: Ipv4Addr, port: u16) -> std::thread::JoinHandle<()> {
+    let path = format!("/var/run/netns/{}", ns.0);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let fd = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let tcp = std::net::TcpListener::bind((ip, port)).unwrap();
+        let udp = std::net::UdpSocket::bind((ip, port)).unwrap();
+        udp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut conn, _) = tcp.accept().unwrap();
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf).unwrap();
+        conn.write_all(&buf).unwrap();
+        let mut buf = [0u8; 64];
+        if let Ok((n, from)) = udp.recv_from(&mut buf) {
+            udp.send_to(&buf[..n], from).unwrap();
+        }
+    });
+    ready_rx.recv().unwrap();
+    handle
+}
+
+/// From inside `ns`: a TCP exchange and a UDP exchange with `ip:port`.
+fn talk(ns: &Netns, ip: Ipv4Addr, port: u16) -> (bool, bool) {
+    let path = format!("/var/run/netns/{}", ns.0);
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let fd = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let timeout = std::time::Duration::from_secs(3);
+        let tcp = std::net::TcpStream::connect_timeout(&(ip, port).into(), timeout).ok().and_then(|mut s| {
+            s.set_read_timeout(Some(timeout)).ok()?;
+            s.write_all(b"hello").ok()?;
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).ok()?;
+            Some(&buf == b"hello")
+        });
+        let udp = std::net::UdpSocket::bind(("0.0.0.0", 0)).ok().and_then(|s| {
+            s.set_read_timeout(Some(timeout)).ok()?;
+            s.send_to(b"ping", (ip, port)).ok()?;
+            let mut buf = [0u8; 16];
+            let (n, _) = s.recv_from(&mut buf).ok()?;
+            Some(&buf[..n] == b"ping")
+        });
+        (tcp == Some(true), udp == Some(true))
+    })
+    .join()
+    .unwrap()
+}
+
+fn add_container(cell: &Netns, ctr: &Netns, ip: Ipv4Addr) {
+    let path = format!("/var/run/netns/{}", ctr.0);
+    cell.run(move || async move {
+        let nl = Netlink::connect().unwrap();
+        netagent::container_net::add(&nl, &path, "eth0", ip, 1450).await.unwrap();
+    });
+}
+
+#[test]
+fn containers_on_two_cells_talk_tcp_and_udp() {
+    require_root();
+    let f = fabric(2);
+    let (c1, c2) = (&f.cells[0], &f.cells[1]);
+    converge_cell(c1, 1, &[1, 2]);
+    converge_cell(c2, 2, &[1, 2]);
+    let a = Netns::new("ctr-a");
+    let b = Netns::new("ctr-b");
+    let local = Netns::new("ctr-c");
+    let (ip_a, ip_b, ip_c) = (Ipv4Addr::new(10, 255, 1, 2), Ipv4Addr::new(10, 255, 2, 2), Ipv4Addr::new(10, 255, 1, 3));
+    add_container(c1, &a, ip_a);
+    add_container(c2, &b, ip_b);
+    add_container(c1, &local, ip_c);
+
+    let server = echo_servers(&b, ip_b, 8080);
+    assert_eq!(talk(&a, ip_b, 8080), (true, true), "cell 1 container reaches cell 2 container:\n{}", dump(c1));
+    server.join().unwrap();
+    let server = echo_servers(&a, ip_a, 9090);
+    assert_eq!(talk(&b, ip_a, 9090), (true, true), "and back");
+    server.join().unwrap();
+    let server = echo_servers(&local, ip_c, 7070);
+    assert_eq!(talk(&a, ip_c, 7070), (true, true), "two containers on one cell");
+    server.join().unwrap();
+
+    // The container side looks like Silk's.
+    let out = Command::new("ip").args(["-n", &a.0, "-4", "addr", "show", "eth0"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("inet 10.255.1.2 peer 169.254.0.1/32"), "{text}");
+    let out = Command::new("ip").args(["-n", &a.0, "route"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("default via 169.254.0.1 dev eth0"));
+    assert!(netagent::container_net::check(&format!("/var/run/netns/{}", a.0), "eth0", ip_a).unwrap());
+
+    // DEL removes both ends; a second DEL, or one for a namespace that is gone, succeeds.
+    let path = format!("/var/run/netns/{}", a.0);
+    c1.run(move || async move {
+        let nl = Netlink::connect().unwrap();
+        netagent::container_net::del(&nl, &path, "eth0", Some(ip_a)).await.unwrap();
+        netagent::container_net::del(&nl, &path, "eth0", Some(ip_a)).await.unwrap();
+        netagent::container_net::del(&nl, "/var/run/netns/does-not-exist", "eth0", None).await.unwrap();
+        assert!(nl.link_by_name("s-010255001002").await.unwrap().is_none());
+    });
+}
