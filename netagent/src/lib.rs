@@ -1,6 +1,7 @@
 //! netagent: everything on a cell. This first part holds the pure pieces: overlay planning,
 //! container addressing and naming, the container store and the CNI protocol types.
 
+pub mod cell_state;
 pub mod cni;
 pub mod container_net;
 pub mod containers;

@@ -1,0 +1,135 @@
+//! `c2c-cni` as a container runtime runs it: environment, configuration on stdin, a result a
+//! standard chained plugin (`tuning`, from Debian's containernetworking-plugins) accepts,
+//! errors as CNI error JSON, ADD rolled back when it cannot finish, idempotent DEL. Needs
+//! root and the Debian package (CI installs it).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "this test builds network namespaces and needs root (CI runs as root)");
+}
+
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("c2c-cni-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
+        Netns(name)
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+}
+
+/// Runs a CNI plugin inside the cell's namespace (where a runtime would run it).
+fn plugin(binary: &str, cell: &Netns, command: &str, container: &str, netns: &str, conf: &str) -> Out {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &cell.0, binary])
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env("CNI_ARGS", "IgnoreUnknown=1;app_id=app-a;space_id=space-1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    Out { code: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into_owned() }
+}
+
+fn c2c_cni(cell: &Netns, command: &str, container: &str, netns: &str, conf: &str) -> Out {
+    plugin(env!("CARGO_BIN_EXE_c2c-cni"), cell, command, container, netns, conf)
+}
+
+#[test]
+fn add_check_chain_del() {
+    require_root();
+    assert!(
+        std::path::Path::new("/usr/lib/cni/tuning").exists(),
+        "Debian's containernetworking-plugins is required (apt-get install containernetworking-plugins)"
+    );
+    let cell = Netns::new("cell");
+    let ctr = Netns::new("ctr");
+    let state = std::env::temp_dir().join(format!("c2c-cni-state-{}", std::process::id()));
+    let conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"c2c","type":"c2c-cni","stateDir":"{}","agent":""}}"#,
+        state.display()
+    );
+
+    // Before netagent wrote the cell's state: try again later.
+    let out = c2c_cni(&cell, "ADD", "c1", &ctr.path(), &conf);
+    assert_eq!(out.code, 1);
+    let err: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(err["code"], 11, "{}", out.stdout);
+
+    netagent::cell_state::write_cell(&state, &netagent::cell_state::CellInfo { subnet: "10.255.1.0/24".into(), mtu: 1450 })
+        .unwrap();
+    let out = c2c_cni(&cell, "ADD", "c1", &ctr.path(), &conf);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    let result: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(result["cniVersion"], "1.0.0");
+    assert_eq!(result["ips"][0]["address"], "10.255.1.2/32");
+    assert_eq!(result["interfaces"][0]["name"], "s-010255001002");
+    let link = Command::new("ip").args(["-n", &ctr.0, "-d", "link", "show", "eth0"]).output().unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains("mtu 1450") && link.contains("ee:ee:0a:ff:01:02"), "{link}");
+
+    // The store records the container with its metadata.
+    let store = netagent::containers::ContainerStore::new(state.join("containers.json"));
+    let all = store.all().unwrap();
+    assert_eq!(all["c1"].ip, "10.255.1.2");
+    assert_eq!(all["c1"].policy_group_id(), Some("app-a"));
+
+    // A standard plugin chained after ours accepts our result.
+    let chained = format!(
+        r#"{{"cniVersion":"1.0.0","name":"c2c","type":"tuning","sysctl":{{"net.ipv4.conf.eth0.log_martians":"1"}},"prevResult":{}}}"#,
+        out.stdout.trim()
+    );
+    let tuned = plugin("/usr/lib/cni/tuning", &cell, "ADD", "c1", &ctr.path(), &chained);
+    assert_eq!(tuned.code, 0, "tuning refused our result: {}", tuned.stdout);
+
+    let out = c2c_cni(&cell, "CHECK", "c1", &ctr.path(), &conf);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+
+    // ADD of a second container, and one into a namespace that does not exist: rolled back.
+    let ctr2 = Netns::new("ctr2");
+    assert_eq!(c2c_cni(&cell, "ADD", "c2", &ctr2.path(), &conf).code, 0);
+    let out = c2c_cni(&cell, "ADD", "c3", "/var/run/netns/nope", &conf);
+    assert_eq!(out.code, 1);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap()["code"], 5);
+    assert!(!store.all().unwrap().contains_key("c3"), "nothing recorded for a failed ADD");
+
+    // DEL: interface and record gone, address free; DEL again and DEL of unknowns succeed.
+    assert_eq!(c2c_cni(&cell, "DEL", "c1", &ctr.path(), &conf).code, 0);
+    assert!(!Command::new("ip").args(["-n", &ctr.0, "link", "show", "eth0"]).output().unwrap().status.success());
+    assert!(!Command::new("ip").args(["-n", &cell.0, "link", "show", "s-010255001002"]).output().unwrap().status.success());
+    assert!(!store.all().unwrap().contains_key("c1"));
+    assert_eq!(c2c_cni(&cell, "DEL", "c1", &ctr.path(), &conf).code, 0);
+    assert_eq!(c2c_cni(&cell, "DEL", "never-added", "", &conf).code, 0);
+
+    // Bad input: clear CNI errors.
+    let out = c2c_cni(&cell, "ADD", "c9", &ctr.path(), "{not json");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap()["code"], 6);
+    let out = c2c_cni(&cell, "VERSION", "", "", "");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(v["supportedVersions"].as_array().unwrap().iter().any(|x| x == "1.0.0"));
+    let _ = std::fs::remove_dir_all(state);
+}
