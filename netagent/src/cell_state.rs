@@ -67,7 +67,8 @@ pub fn with_allocations<T>(
     lock.lock().map_err(io(&lock_path))?;
     let path = state_dir.join("ipam.json");
     let mut allocations = match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice::<Allocations>(&b).map_err(|source| StateError::Corrupt { path: path.clone(), source })?,
+        Ok(b) => serde_json::from_slice::<Allocations>(&b)
+            .map_err(|source| StateError::Corrupt { path: path.clone(), source })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Allocations::new(subnet)?,
         Err(e) => return Err(io(&path)(e)),
     };

@@ -80,8 +80,11 @@ fn add_check_chain_del() {
     let err: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(err["code"], 11, "{}", out.stdout);
 
-    netagent::cell_state::write_cell(&state, &netagent::cell_state::CellInfo { subnet: "10.255.1.0/24".into(), mtu: 1450 })
-        .unwrap();
+    netagent::cell_state::write_cell(
+        &state,
+        &netagent::cell_state::CellInfo { subnet: "10.255.1.0/24".into(), mtu: 1450 },
+    )
+    .unwrap();
     let out = c2c_cni(&cell, "ADD", "c1", &ctr.path(), &conf);
     assert_eq!(out.code, 0, "{}", out.stdout);
     let result: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
@@ -120,7 +123,9 @@ fn add_check_chain_del() {
     // DEL: interface and record gone, address free; DEL again and DEL of unknowns succeed.
     assert_eq!(c2c_cni(&cell, "DEL", "c1", &ctr.path(), &conf).code, 0);
     assert!(!Command::new("ip").args(["-n", &ctr.0, "link", "show", "eth0"]).output().unwrap().status.success());
-    assert!(!Command::new("ip").args(["-n", &cell.0, "link", "show", "s-010255001002"]).output().unwrap().status.success());
+    assert!(
+        !Command::new("ip").args(["-n", &cell.0, "link", "show", "s-010255001002"]).output().unwrap().status.success()
+    );
     assert!(!store.all().unwrap().contains_key("c1"));
     assert_eq!(c2c_cni(&cell, "DEL", "c1", &ctr.path(), &conf).code, 0);
     assert_eq!(c2c_cni(&cell, "DEL", "never-added", "", &conf).code, 0);

@@ -9,67 +9,8 @@ use std::process::Command;
 use netagent::netlink::{Netlink, converge};
 use netagent::overlay::{Lease, OverlaySettings, plan};
 
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test builds network namespaces and needs root: run the test suite as root (CI does)"
-    );
-}
-
-fn sh(args: &[&str]) {
-    let status = Command::new(args[0]).args(&args[1..]).status().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(status.success(), "{args:?} failed");
-}
-
-fn ok(args: &[&str]) -> bool {
-    Command::new(args[0]).args(&args[1..]).output().map(|o| o.status.success()).unwrap_or(false)
-}
-
-/// A network namespace, deleted when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("c2c-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Netns(name)
-    }
-
-    /// Runs `f` on a thread inside this namespace, with a tokio runtime.
-    fn run<T: Send + 'static, F, Fut>(&self, f: F) -> T
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = T>,
-    {
-        let path = format!("/var/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let fd = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f())
-        })
-        .join()
-        .unwrap()
-    }
-
-    /// Pings `ip`, allowing a few seconds for underlay links and ARP to settle.
-    fn reaches(&self, ip: &str) -> bool {
-        (0..5).any(|_| self.exec(&["ping", "-c", "1", "-W", "1", ip]))
-    }
-
-    fn exec(&self, args: &[&str]) -> bool {
-        let mut full = vec!["ip", "netns", "exec", &self.0];
-        full.extend_from_slice(args);
-        ok(&full)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
+mod common;
+use common::*;
 
 fn settings() -> OverlaySettings {
     OverlaySettings {
@@ -79,29 +20,6 @@ fn settings() -> OverlaySettings {
         network: Ipv4Addr::new(10, 255, 0, 0),
         network_prefix: 16,
     }
-}
-
-/// Three cells on one underlay "switch" (a bridge in its own namespace).
-struct Fabric {
-    _switch: Netns,
-    cells: Vec<Netns>,
-}
-
-fn fabric(n: usize) -> Fabric {
-    let switch = Netns::new("sw");
-    sh(&["ip", "-n", &switch.0, "link", "add", "br0", "type", "bridge"]);
-    sh(&["ip", "-n", &switch.0, "link", "set", "br0", "up"]);
-    let mut cells = Vec::new();
-    for i in 1..=n {
-        let cell = Netns::new(&format!("cell{i}"));
-        let (a, b) = (format!("u{i}"), format!("p{i}"));
-        sh(&["ip", "-n", &cell.0, "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &switch.0]);
-        sh(&["ip", "-n", &switch.0, "link", "set", &b, "master", "br0", "up"]);
-        sh(&["ip", "-n", &cell.0, "addr", "add", &format!("10.254.250.{i}/24"), "dev", &a]);
-        sh(&["ip", "-n", &cell.0, "link", "set", &a, "up"]);
-        cells.push(cell);
-    }
-    Fabric { _switch: switch, cells }
 }
 
 fn lease(i: u8) -> Lease {
@@ -181,60 +99,6 @@ fn cells_reach_each_other_over_the_overlay() {
     assert_eq!(remotes_of(c1).len(), 1);
     assert!(!c1.reaches("10.255.3.0"));
     assert!(c1.reaches("10.255.2.0"), "the remaining cell is unaffected");
-}
-
-/// A TCP echo and a UDP echo on `ip:port` inside `ns`, serving one exchange each, in the
-/// background.
-fn echo_servers(ns: &Netns, ip: Ipv4Addr, port: u16) -> std::thread::JoinHandle<()> {
-    let path = format!("/var/run/netns/{}", ns.0);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        let fd = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let tcp = std::net::TcpListener::bind((ip, port)).unwrap();
-        let udp = std::net::UdpSocket::bind((ip, port)).unwrap();
-        udp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-        ready_tx.send(()).unwrap();
-        let (mut conn, _) = tcp.accept().unwrap();
-        let mut buf = [0u8; 5];
-        conn.read_exact(&mut buf).unwrap();
-        conn.write_all(&buf).unwrap();
-        let mut buf = [0u8; 64];
-        if let Ok((n, from)) = udp.recv_from(&mut buf) {
-            udp.send_to(&buf[..n], from).unwrap();
-        }
-    });
-    ready_rx.recv().unwrap();
-    handle
-}
-
-/// From inside `ns`: a TCP exchange and a UDP exchange with `ip:port`.
-fn talk(ns: &Netns, ip: Ipv4Addr, port: u16) -> (bool, bool) {
-    let path = format!("/var/run/netns/{}", ns.0);
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        let fd = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let timeout = std::time::Duration::from_secs(3);
-        let tcp = std::net::TcpStream::connect_timeout(&(ip, port).into(), timeout).ok().and_then(|mut s| {
-            s.set_read_timeout(Some(timeout)).ok()?;
-            s.write_all(b"hello").ok()?;
-            let mut buf = [0u8; 5];
-            s.read_exact(&mut buf).ok()?;
-            Some(&buf == b"hello")
-        });
-        let udp = std::net::UdpSocket::bind(("0.0.0.0", 0)).ok().and_then(|s| {
-            s.set_read_timeout(Some(timeout)).ok()?;
-            s.send_to(b"ping", (ip, port)).ok()?;
-            let mut buf = [0u8; 16];
-            let (n, _) = s.recv_from(&mut buf).ok()?;
-            Some(&buf[..n] == b"ping")
-        });
-        (tcp == Some(true), udp == Some(true))
-    })
-    .join()
-    .unwrap()
 }
 
 fn add_container(cell: &Netns, ctr: &Netns, ip: Ipv4Addr) {

@@ -62,8 +62,8 @@ async fn reconcile(agent: &str) -> Result<(), CniError> {
 async fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
     let state_dir = PathBuf::from(&conf.state_dir);
     let info = cell(&state_dir)?;
-    let ip: Ipv4Addr =
-        cell_state::with_allocations(&state_dir, &info.subnet, |a| a.allocate(&env.container_id)).map_err(state_error)?;
+    let ip: Ipv4Addr = cell_state::with_allocations(&state_dir, &info.subnet, |a| a.allocate(&env.container_id))
+        .map_err(state_error)?;
     let mtu = if conf.mtu > 0 { conf.mtu } else { info.mtu };
     let rollback = |state_dir: &PathBuf| {
         let _ = cell_state::with_allocations(state_dir, &info.subnet, |a| Ok(a.release(&env.container_id)));
@@ -74,11 +74,8 @@ async fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
         return Err(io_error("wiring the container failed", e));
     }
     let store = ContainerStore::new(state_dir.join("containers.json"));
-    let record = Container {
-        handle: env.container_id.clone(),
-        ip: ip.to_string(),
-        metadata: Some(conf.metadata.clone()),
-    };
+    let record =
+        Container { handle: env.container_id.clone(), ip: ip.to_string(), metadata: Some(conf.metadata.clone()) };
     let undo = |e: CniError| async {
         let _ = netagent::container_net::del(&nl, &env.netns, &env.ifname, Some(ip)).await;
         let _ = store.remove(&env.container_id);
@@ -106,7 +103,9 @@ async fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         ip = ip.or(released);
     }
     let nl = Netlink::connect().map_err(|e| io_error("netlink", e))?;
-    netagent::container_net::del(&nl, &env.netns, &env.ifname, ip).await.map_err(|e| io_error("unwiring the container failed", e))?;
+    netagent::container_net::del(&nl, &env.netns, &env.ifname, ip)
+        .await
+        .map_err(|e| io_error("unwiring the container failed", e))?;
     reconcile(&conf.agent).await.or(Ok(()))
 }
 
@@ -114,12 +113,20 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let store = ContainerStore::new(PathBuf::from(&conf.state_dir).join("containers.json"));
     let all = store.all().map_err(|e| io_error("container store", e))?;
     let container = all.get(&env.container_id).ok_or_else(|| {
-        CniError::new(Code::UnknownContainer, "unknown container", format!("{} is not in the container store", env.container_id))
+        CniError::new(
+            Code::UnknownContainer,
+            "unknown container",
+            format!("{} is not in the container store", env.container_id),
+        )
     })?;
     let ip: Ipv4Addr = container.ip.parse().map_err(|e| io_error("container store", e))?;
     match netagent::container_net::check(&env.netns, &env.ifname, ip) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(CniError::new(Code::Agent, "container interface is missing", format!("{} has no {ip} on {}", env.netns, env.ifname))),
+        Ok(false) => Err(CniError::new(
+            Code::Agent,
+            "container interface is missing",
+            format!("{} has no {ip} on {}", env.netns, env.ifname),
+        )),
         Err(e) => Err(io_error("checking the container", e)),
     }
 }

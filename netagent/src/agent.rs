@@ -1,0 +1,237 @@
+//! The netagent daemon: holds the cell's subnet lease, keeps the overlay converged with the
+//! lease table, tells the CNI plugin about the cell, and serves health, reconcile and
+//! metrics. Keeps what it has when the control plane is unreachable and retries with
+//! backoff.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use policy_client::types::{AcquireRequest, Lease as ApiLease};
+use tokio::sync::{Mutex, Notify, watch};
+
+use crate::cell_state::{self, CellInfo};
+use crate::config::Config;
+use crate::netlink::{Netlink, converge};
+use crate::overlay::{Lease, OverlaySettings, plan};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot read TLS file {0}: {1}")]
+    Tls(String, std::io::Error),
+    #[error("HTTP client: {0}")]
+    Http(String),
+    #[error("the control plane refused the lease request: {0}")]
+    Lease(String),
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::NetlinkError),
+    #[error(transparent)]
+    State(#[from] cell_state::StateError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(std::net::SocketAddr, std::io::Error),
+}
+
+/// The cells' API client with the cell's certificate (mTLS).
+pub fn control_plane_client(config: &Config) -> Result<policy_client::Client, AgentError> {
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| AgentError::Tls(p.display().to_string(), e));
+    let mut identity = read(&config.client_cert_file)?;
+    identity.extend(read(&config.client_key_file)?);
+    let ca = read(&config.ca_file)?;
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).map_err(|e| AgentError::Http(e.to_string()))?)
+        .identity(reqwest::Identity::from_pem(&identity).map_err(|e| AgentError::Http(e.to_string()))?)
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| AgentError::Http(e.to_string()))?;
+    Ok(policy_client::Client::new_with_client(&config.control_plane_url, http))
+}
+
+fn lease_of(l: &ApiLease) -> Option<Lease> {
+    Lease::parse(&l.underlay_ip, &l.overlay_subnet)
+}
+
+#[derive(Default)]
+struct Status {
+    converged: AtomicBool,
+    renew_failures: AtomicU64,
+    converges: AtomicU64,
+}
+
+struct Shared {
+    wake: Notify,
+    status: Status,
+    /// Serialises converges (the loop's and the CNI's reconcile requests).
+    busy: Mutex<()>,
+}
+
+/// A running agent.
+pub struct Agent {
+    pub lease: ApiLease,
+    pub listen: std::net::SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Acquires (or gets back) the cell's lease, creates the VTEP, writes the cell state,
+    /// then keeps converging in the background.
+    pub async fn start(config: Config) -> Result<Agent, AgentError> {
+        let client = control_plane_client(&config)?;
+        let (network, prefix) = config.overlay().unwrap_or((std::net::Ipv4Addr::new(10, 255, 0, 0), 16));
+        let settings = OverlaySettings {
+            vtep_name: config.vtep_name.clone(),
+            vni: config.vni,
+            port: config.vxlan_port,
+            network,
+            network_prefix: prefix,
+        };
+        let mut backoff = Duration::from_millis(200);
+        let lease = loop {
+            let req = AcquireRequest { underlay_ip: config.underlay_ip.to_string(), single_overlay_ip: None };
+            match client.acquire_lease(&req).await {
+                Ok(l) => break l.into_inner(),
+                Err(e) if e.status().is_some_and(|s| s.as_u16() == 409) => {
+                    return Err(AgentError::Lease(policy_client::error_message(&e).unwrap_or("conflict").to_string()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the control plane to acquire a lease");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        };
+        let local = lease_of(&lease).ok_or_else(|| AgentError::Lease(format!("unusable lease {lease:?}")))?;
+        tracing::info!(overlay_subnet = %lease.overlay_subnet, "lease acquired");
+        let nl = Netlink::connect()?;
+        let first = plan(&settings, &local, std::slice::from_ref(&local));
+        let vtep_index = nl.ensure_vtep(&first.vtep).await?;
+        let mtu = nl.link_by_name(&config.vtep_name).await?.and_then(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                netlink_packet_route::link::LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            })
+        });
+        let _ = vtep_index;
+        cell_state::write_cell(
+            &config.state_dir,
+            &CellInfo { subnet: lease.overlay_subnet.clone(), mtu: mtu.unwrap_or(1450) },
+        )?;
+
+        let shared = Arc::new(Shared { wake: Notify::new(), status: Status::default(), busy: Mutex::new(()) });
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        // The converge loop.
+        {
+            let shared = shared.clone();
+            let client = client.clone();
+            let lease = lease.clone();
+            let mut stopped = stopped.clone();
+            let interval = Duration::from_millis(config.lease_poll_interval_ms);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    {
+                        let _guard = shared.busy.lock().await;
+                        if let Err(e) = cycle(&client, &nl, &settings, &local, &lease, &shared.status).await {
+                            tracing::warn!(error = %e, "overlay cycle failed; keeping the current state");
+                        }
+                    }
+                    tokio::select! {
+                        _ = shared.wake.notified() => {}
+                        _ = tokio::time::sleep(interval) => {}
+                        _ = stopped.changed() => break,
+                    }
+                }
+            }));
+        }
+
+        // Health, reconcile, metrics.
+        let listener =
+            tokio::net::TcpListener::bind(config.listen).await.map_err(|e| AgentError::Listen(config.listen, e))?;
+        let listen = listener.local_addr().map_err(|e| AgentError::Listen(config.listen, e))?;
+        let router = Router::new()
+            .route("/health", get(health))
+            .route("/reconcile", post(reconcile))
+            .route("/metrics", get(metrics))
+            .with_state(shared.clone());
+        let mut stopped_http = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped_http.changed().await;
+                })
+                .await;
+        }));
+        Ok(Agent { lease, listen, stop, tasks })
+    }
+
+    /// Stops the loops. With `release`, gives the lease back and removes the VTEP (the cell
+    /// leaves the overlay); without, everything stays as it is (a restart keeps traffic).
+    pub async fn stop(self, config: &Config, release: bool) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if release {
+            if let Ok(client) = control_plane_client(config) {
+                let req = policy_client::types::ReleaseRequest { underlay_ip: config.underlay_ip.to_string() };
+                let _ = client.release_lease(&req).await;
+            }
+            if let Ok(nl) = Netlink::connect() {
+                let _ = nl.delete_link(&config.vtep_name).await;
+            }
+        }
+    }
+}
+
+/// Renews the lease, reads the lease table, converges the VTEP.
+async fn cycle(
+    client: &policy_client::Client,
+    nl: &Netlink,
+    settings: &OverlaySettings,
+    local: &Lease,
+    lease: &ApiLease,
+    status: &Status,
+) -> Result<(), AgentError> {
+    if let Err(e) = client.renew_lease(lease).await {
+        status.renew_failures.fetch_add(1, Ordering::Relaxed);
+        return Err(AgentError::Lease(e.to_string()));
+    }
+    let leases = client.list_leases().await.map_err(|e| AgentError::Lease(e.to_string()))?.into_inner().leases;
+    let leases: Vec<Lease> = leases.iter().filter_map(lease_of).collect();
+    let desired = plan(settings, local, &leases);
+    let (added, removed) = converge(nl, &desired.vtep, &desired.remotes).await?;
+    if added + removed > 0 {
+        tracing::info!(added, removed, remote_cells = desired.remotes.len(), "overlay converged");
+    }
+    status.converges.fetch_add(1, Ordering::Relaxed);
+    status.converged.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> StatusCode {
+    if shared.status.converged.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+}
+
+/// The CNI plugin's request: converge now, answer when done (bounded by the plugin).
+async fn reconcile(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.wake.notify_one();
+    // Taking the lock after the wake-up means the cycle that saw this request has run.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let _guard = shared.busy.lock().await;
+    StatusCode::OK
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> String {
+    let s = &shared.status;
+    format!(
+        "# TYPE c2c_netagent_converges_total counter\nc2c_netagent_converges_total {}\n# TYPE c2c_netagent_renew_failures_total counter\nc2c_netagent_renew_failures_total {}\n",
+        s.converges.load(Ordering::Relaxed),
+        s.renew_failures.load(Ordering::Relaxed)
+    )
+}

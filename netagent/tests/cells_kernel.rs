@@ -1,0 +1,197 @@
+//! The whole of part 1 on the real kernel: a policy server (cells' API over mTLS) in its own
+//! namespace, cells running netagent, containers created through `c2c-cni`. Containers on
+//! different cells talk TCP and UDP; a cell that joins later is reached without restarting
+//! the others; a cell that leaves is removed from their tables. Needs root.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netagent::config::Config;
+
+mod common;
+use common::*;
+
+/// Something running on a thread inside a namespace until told to stop.
+struct InNetns<T> {
+    value: T,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<T> Drop for InNetns<T> {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the policy server inside `ns`, listening on 10.254.250.254 for cells.
+fn control_plane(ns: &Netns, ca: &testkit::pki::TestCa, pki: &std::path::Path) -> InNetns<u16> {
+    let server = ca.server("policy-server", &["10.254.250.254"]);
+    let path = ns.path();
+    let db = format!("sqlite://{}/cp.db?mode=rwc", pki.display());
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let mut config = policy_api::Config {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                metrics_listen: None,
+                database_url: db,
+                ..Default::default()
+            };
+            config.internal.listen = "10.254.250.254:0".parse().unwrap();
+            config.internal.tls = Some(policy_api::tls::TlsFiles {
+                cert_file: server.cert,
+                key_file: server.key,
+                client_ca_file: Some(server.ca),
+            });
+            config.internal.lease_expiration_secs = 120;
+            let server = policy_api::Server::start(&config).await.unwrap();
+            port_tx.send(server.internal_addr.unwrap().port()).unwrap();
+            let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+            server.shutdown().await;
+        });
+    });
+    let port = port_rx.recv_timeout(Duration::from_secs(30)).expect("control plane starts");
+    InNetns { value: port, stop: Some(stop_tx), thread: Some(thread) }
+}
+
+struct AgentInfo {
+    listen: std::net::SocketAddr,
+    subnet: String,
+}
+
+/// Runs netagent for cell `i` inside its namespace.
+fn agent(
+    cell: &Netns,
+    i: u8,
+    port: u16,
+    ca: &testkit::pki::TestCa,
+    state: &std::path::Path,
+    release_on_stop: bool,
+) -> InNetns<AgentInfo> {
+    // Cell certificates come from the CA the control plane trusts.
+    let cert = ca.client(&format!("cell-{i}"));
+    let config = Config {
+        control_plane_url: format!("https://10.254.250.254:{port}"),
+        client_cert_file: cert.cert,
+        client_key_file: cert.key,
+        ca_file: cert.ca,
+        underlay_ip: Ipv4Addr::new(10, 254, 250, i),
+        vtep_name: "c2c-vtep".into(),
+        state_dir: state.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        lease_poll_interval_ms: 200,
+        ..Config::default()
+    };
+    config.validate().unwrap();
+    let path = cell.path();
+    let (info_tx, info_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let agent = netagent::agent::Agent::start(config.clone()).await.unwrap();
+            info_tx.send(AgentInfo { listen: agent.listen, subnet: agent.lease.overlay_subnet.clone() }).unwrap();
+            let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+            agent.stop(&config, release_on_stop).await;
+        });
+    });
+    let value = info_rx.recv_timeout(Duration::from_secs(30)).expect("netagent starts");
+    InNetns { value, stop: Some(stop_tx), thread: Some(thread) }
+}
+
+/// ADD through the CNI plugin, in the cell's namespace; returns the container's address.
+fn cni_add(cell: &Netns, ctr: &Netns, id: &str, state: &std::path::Path, agent: std::net::SocketAddr) -> Ipv4Addr {
+    let conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"c2c","type":"c2c-cni","stateDir":"{}","agent":"http://{agent}"}}"#,
+        state.display()
+    );
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &cell.0, env!("CARGO_BIN_EXE_c2c-cni")])
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", ctr.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_ARGS", format!("app_id=app-{id}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ADD failed: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["ips"][0]["address"].as_str().unwrap().trim_end_matches("/32").parse().unwrap()
+}
+
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn vtep_routes(cell: &Netns) -> usize {
+    let out = Command::new("ip").args(["-n", &cell.0, "route", "show", "dev", "c2c-vtep"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(" via ")).count()
+}
+
+#[test]
+fn cells_and_containers_with_netagent() {
+    require_root();
+    let f = fabric(3);
+    let ctl = Netns::new("ctl");
+    attach(&f.switch, &ctl, 254);
+    let pki = std::env::temp_dir().join(format!("c2c-cells-{}", std::process::id()));
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = testkit::pki::TestCa::new(&pki, "ca");
+    let cp = control_plane(&ctl, &ca, &pki);
+
+    let states: Vec<std::path::PathBuf> = (1..=3).map(|i| pki.join(format!("state{i}"))).collect();
+    let a1 = agent(&f.cells[0], 1, cp.value, &ca, &states[0], false);
+    let a2 = agent(&f.cells[1], 2, cp.value, &ca, &states[1], false);
+    assert_ne!(a1.value.subnet, a2.value.subnet, "two cells never share a subnet");
+    eventually("both cells know each other", || vtep_routes(&f.cells[0]) == 1 && vtep_routes(&f.cells[1]) == 1);
+
+    let (ca_ns, cb_ns) = (Netns::new("ctr-a"), Netns::new("ctr-b"));
+    let ip_a = cni_add(&f.cells[0], &ca_ns, "a", &states[0], a1.value.listen);
+    let ip_b = cni_add(&f.cells[1], &cb_ns, "b", &states[1], a2.value.listen);
+    let s = echo_servers(&cb_ns, ip_b, 8080);
+    assert_eq!(talk(&ca_ns, ip_b, 8080), (true, true), "TCP and UDP from cell 1's container to cell 2's");
+    s.join().unwrap();
+    let s = echo_servers(&ca_ns, ip_a, 8081);
+    assert_eq!(talk(&cb_ns, ip_a, 8081), (true, true), "and back");
+    s.join().unwrap();
+
+    // A third cell joins; the others learn it without a restart.
+    let a3 = agent(&f.cells[2], 3, cp.value, &ca, &states[2], true);
+    let cc_ns = Netns::new("ctr-c");
+    let ip_c = cni_add(&f.cells[2], &cc_ns, "c", &states[2], a3.value.listen);
+    eventually("cells 1 and 2 learn cell 3", || vtep_routes(&f.cells[0]) == 2 && vtep_routes(&f.cells[1]) == 2);
+    let s = echo_servers(&cc_ns, ip_c, 8082);
+    assert_eq!(talk(&ca_ns, ip_c, 8082), (true, true), "cell 1's container reaches the new cell's");
+    s.join().unwrap();
+
+    // Cell 3 leaves (releases its lease): it disappears from the others' tables.
+    drop(a3);
+    eventually("cell 3 removed from the others", || vtep_routes(&f.cells[0]) == 1 && vtep_routes(&f.cells[1]) == 1);
+
+    drop((a1, a2, cp));
+    let _ = std::fs::remove_dir_all(&pki);
+}

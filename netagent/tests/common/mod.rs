@@ -1,0 +1,159 @@
+//! Shared pieces of the kernel tests: throwaway network namespaces, an underlay "switch",
+//! and TCP/UDP echo traffic. Everything here needs root.
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test builds network namespaces and needs root: run the test suite as root (CI does)"
+    );
+}
+
+pub fn sh(args: &[&str]) {
+    let status = Command::new(args[0]).args(&args[1..]).status().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(status.success(), "{args:?} failed");
+}
+
+pub fn ok(args: &[&str]) -> bool {
+    Command::new(args[0]).args(&args[1..]).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// A network namespace, deleted when dropped.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("c2c-{tag}-{}-{n}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns(name)
+    }
+
+    /// Runs `f` on a thread inside this namespace, with a tokio runtime.
+    pub fn run<T: Send + 'static, F, Fut>(&self, f: F) -> T
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T>,
+    {
+        let path = format!("/var/run/netns/{}", self.0);
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f())
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Pings `ip`, allowing a few seconds for underlay links and ARP to settle.
+    pub fn reaches(&self, ip: &str) -> bool {
+        (0..5).any(|_| self.exec(&["ping", "-c", "1", "-W", "1", ip]))
+    }
+
+    pub fn exec(&self, args: &[&str]) -> bool {
+        let mut full = vec!["ip", "netns", "exec", &self.0];
+        full.extend_from_slice(args);
+        ok(&full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+impl Netns {
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.0)
+    }
+}
+
+/// `n` cells on one underlay "switch" (a bridge in its own namespace), cell `i` at
+/// `10.254.250.i/24` on its interface `u<i>`.
+pub struct Fabric {
+    pub switch: Netns,
+    pub cells: Vec<Netns>,
+}
+
+pub fn fabric(n: usize) -> Fabric {
+    let switch = Netns::new("sw");
+    sh(&["ip", "-n", &switch.0, "link", "add", "br0", "type", "bridge"]);
+    sh(&["ip", "-n", &switch.0, "link", "set", "br0", "up"]);
+    let mut cells = Vec::new();
+    for i in 1..=n {
+        let cell = Netns::new(&format!("cell{i}"));
+        attach(&switch, &cell, i as u8);
+        cells.push(cell);
+    }
+    Fabric { switch, cells }
+}
+
+/// A TCP echo and a UDP echo on `ip:port` inside `ns`, serving one exchange each, in the
+/// background.
+pub fn echo_servers(ns: &Netns, ip: Ipv4Addr, port: u16) -> std::thread::JoinHandle<()> {
+    let path = format!("/var/run/netns/{}", ns.0);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let fd = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let tcp = std::net::TcpListener::bind((ip, port)).unwrap();
+        let udp = std::net::UdpSocket::bind((ip, port)).unwrap();
+        udp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut conn, _) = tcp.accept().unwrap();
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf).unwrap();
+        conn.write_all(&buf).unwrap();
+        let mut buf = [0u8; 64];
+        if let Ok((n, from)) = udp.recv_from(&mut buf) {
+            udp.send_to(&buf[..n], from).unwrap();
+        }
+    });
+    ready_rx.recv().unwrap();
+    handle
+}
+
+/// From inside `ns`: a TCP exchange and a UDP exchange with `ip:port`.
+pub fn talk(ns: &Netns, ip: Ipv4Addr, port: u16) -> (bool, bool) {
+    let path = format!("/var/run/netns/{}", ns.0);
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let fd = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let timeout = std::time::Duration::from_secs(3);
+        let tcp = std::net::TcpStream::connect_timeout(&(ip, port).into(), timeout).ok().and_then(|mut s| {
+            s.set_read_timeout(Some(timeout)).ok()?;
+            s.write_all(b"hello").ok()?;
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).ok()?;
+            Some(&buf == b"hello")
+        });
+        let udp = std::net::UdpSocket::bind(("0.0.0.0", 0)).ok().and_then(|s| {
+            s.set_read_timeout(Some(timeout)).ok()?;
+            s.send_to(b"ping", (ip, port)).ok()?;
+            let mut buf = [0u8; 16];
+            let (n, _) = s.recv_from(&mut buf).ok()?;
+            Some(&buf[..n] == b"ping")
+        });
+        (tcp == Some(true), udp == Some(true))
+    })
+    .join()
+    .unwrap()
+}
+
+/// Attaches a namespace to the switch at `10.254.250.<host>`.
+pub fn attach(switch: &Netns, ns: &Netns, host: u8) {
+    let (a, b) = (format!("u{host}"), format!("p{host}"));
+    sh(&["ip", "-n", &ns.0, "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &switch.0]);
+    sh(&["ip", "-n", &switch.0, "link", "set", &b, "master", "br0", "up"]);
+    sh(&["ip", "-n", &ns.0, "addr", "add", &format!("10.254.250.{host}/24"), "dev", &a]);
+    sh(&["ip", "-n", &ns.0, "link", "set", &a, "up"]);
+}
