@@ -3,9 +3,8 @@
 //! different cells talk TCP and UDP; a cell that joins later is reached without restarting
 //! the others; a cell that leaves is removed from their tables. Needs root.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use netagent::config::Config;
@@ -117,21 +116,9 @@ fn cni_add(cell: &Netns, ctr: &Netns, id: &str, state: &std::path::Path, agent: 
         r#"{{"cniVersion":"1.0.0","name":"c2c","type":"c2c-cni","stateDir":"{}","agent":"http://{agent}"}}"#,
         state.display()
     );
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &cell.0, env!("CARGO_BIN_EXE_c2c-cni")])
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", ctr.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_ARGS", format!("app_id=app-{id}"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "ADD failed: {text}");
+    let (code, text) =
+        run_plugin(env!("CARGO_BIN_EXE_c2c-cni"), cell, "ADD", id, &ctr.path(), &format!("app_id=app-{id}"), &conf);
+    assert_eq!(code, 0, "ADD failed: {text}");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["ips"][0]["address"].as_str().unwrap().trim_end_matches("/32").parse().unwrap()
 }

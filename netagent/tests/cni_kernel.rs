@@ -3,33 +3,10 @@
 //! errors as CNI error JSON, ADD rolled back when it cannot finish, idempotent DEL. Needs
 //! root and the Debian package (CI installs it).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "this test builds network namespaces and needs root (CI runs as root)");
-}
-
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("c2c-cni-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
-        Netns(name)
-    }
-
-    fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.0)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
+mod common;
+use common::*;
 
 struct Out {
     code: i32,
@@ -38,21 +15,9 @@ struct Out {
 
 /// Runs a CNI plugin inside the cell's namespace (where a runtime would run it).
 fn plugin(binary: &str, cell: &Netns, command: &str, container: &str, netns: &str, conf: &str) -> Out {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &cell.0, binary])
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .env("CNI_ARGS", "IgnoreUnknown=1;app_id=app-a;space_id=space-1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    Out { code: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into_owned() }
+    let (code, stdout) =
+        run_plugin(binary, cell, command, container, netns, "IgnoreUnknown=1;app_id=app-a;space_id=space-1", conf);
+    Out { code, stdout }
 }
 
 fn c2c_cni(cell: &Netns, command: &str, container: &str, netns: &str, conf: &str) -> Out {

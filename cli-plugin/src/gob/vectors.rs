@@ -118,26 +118,9 @@ fn vector_d_string_slices() {
     );
 }
 
+/// The cf CLI's `PluginMetadata`, as the plugin sends it.
 pub(crate) fn metadata_type() -> Type {
-    let version = Type::strukt("VersionType", &[("Major", Type::Int), ("Minor", Type::Int), ("Build", Type::Int)]);
-    let usage = Type::strukt(
-        "Usage",
-        &[("Usage", Type::String), ("Options", Type::map("map[string]string", Type::String, Type::String))],
-    );
-    let command = Type::strukt(
-        "Command",
-        &[("Name", Type::String), ("Alias", Type::String), ("HelpText", Type::String), ("UsageDetails", usage)],
-    );
-    Type::strukt(
-        "PluginMetadata",
-        &[
-            ("Name", Type::String),
-            ("Version", version.clone()),
-            ("LibraryVersion", version.clone()),
-            ("MinCliVersion", version),
-            ("Commands", Type::slice("[]plugin.Command", command)),
-        ],
-    )
+    crate::metadata::Metadata::gob_type()
 }
 
 #[test]

@@ -157,3 +157,31 @@ pub fn attach(switch: &Netns, ns: &Netns, host: u8) {
     sh(&["ip", "-n", &ns.0, "addr", "add", &format!("10.254.250.{host}/24"), "dev", &a]);
     sh(&["ip", "-n", &ns.0, "link", "set", &a, "up"]);
 }
+
+/// Runs a CNI plugin as a runtime would, inside `cell`'s namespace.
+pub fn run_plugin(
+    binary: &str,
+    cell: &Netns,
+    command: &str,
+    container: &str,
+    netns: &str,
+    cni_args: &str,
+    conf: &str,
+) -> (i32, String) {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &cell.0, binary])
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env("CNI_ARGS", cni_args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
