@@ -7,6 +7,7 @@ pub mod cni;
 pub mod config;
 pub mod container_net;
 pub mod containers;
+pub mod enforcement;
 pub mod ipam;
 pub mod naming;
 pub mod netlink;

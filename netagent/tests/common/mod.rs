@@ -95,8 +95,8 @@ pub fn fabric(n: usize) -> Fabric {
     Fabric { switch, cells }
 }
 
-/// A TCP echo and a UDP echo on `ip:port` inside `ns`, serving one exchange each, in the
-/// background.
+/// A TCP echo and a UDP echo on `ip:port` inside `ns`, serving one exchange each (or giving
+/// up after a few seconds when nothing comes), in the background.
 pub fn echo_servers(ns: &Netns, ip: Ipv4Addr, port: u16) -> std::thread::JoinHandle<()> {
     let path = format!("/var/run/netns/{}", ns.0);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -105,16 +105,27 @@ pub fn echo_servers(ns: &Netns, ip: Ipv4Addr, port: u16) -> std::thread::JoinHan
         let fd = std::fs::File::open(&path).unwrap();
         nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let tcp = std::net::TcpListener::bind((ip, port)).unwrap();
+        tcp.set_nonblocking(true).unwrap();
         let udp = std::net::UdpSocket::bind((ip, port)).unwrap();
-        udp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        udp.set_read_timeout(Some(std::time::Duration::from_millis(100))).unwrap();
         ready_tx.send(()).unwrap();
-        let (mut conn, _) = tcp.accept().unwrap();
-        let mut buf = [0u8; 5];
-        conn.read_exact(&mut buf).unwrap();
-        conn.write_all(&buf).unwrap();
-        let mut buf = [0u8; 64];
-        if let Ok((n, from)) = udp.recv_from(&mut buf) {
-            udp.send_to(&buf[..n], from).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(2500);
+        let (mut tcp_done, mut udp_done) = (false, false);
+        while std::time::Instant::now() < deadline && !(tcp_done && udp_done) {
+            if !tcp_done && let Ok((mut conn, _)) = tcp.accept() {
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+                let mut buf = [0u8; 5];
+                if conn.read_exact(&mut buf).is_ok() {
+                    let _ = conn.write_all(&buf);
+                }
+                tcp_done = true;
+            }
+            let mut buf = [0u8; 64];
+            if !udp_done && let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(&buf[..n], from);
+                udp_done = true;
+            }
         }
     });
     ready_rx.recv().unwrap();
@@ -128,7 +139,7 @@ pub fn talk(ns: &Netns, ip: Ipv4Addr, port: u16) -> (bool, bool) {
         use std::io::{Read, Write};
         let fd = std::fs::File::open(&path).unwrap();
         nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let timeout = std::time::Duration::from_secs(3);
+        let timeout = std::time::Duration::from_millis(1000);
         let tcp = std::net::TcpStream::connect_timeout(&(ip, port).into(), timeout).ok().and_then(|mut s| {
             s.set_read_timeout(Some(timeout)).ok()?;
             s.write_all(b"hello").ok()?;
@@ -147,6 +158,14 @@ pub fn talk(ns: &Netns, ip: Ipv4Addr, port: u16) -> (bool, bool) {
     })
     .join()
     .unwrap()
+}
+
+/// `talk` with an echo server started for it.
+pub fn exchange(from: &Netns, to: &Netns, ip: Ipv4Addr, port: u16) -> (bool, bool) {
+    let server = echo_servers(to, ip, port);
+    let result = talk(from, ip, port);
+    server.join().unwrap();
+    result
 }
 
 /// Attaches a namespace to the switch at `10.254.250.<host>`.

@@ -1,0 +1,232 @@
+//! The desired ruleset, a pure function of (policies with tags, local containers): mark
+//! packets leaving each local container with its app's tag; accept new connections to a
+//! local container's address, protocol and port range only when the mark is the tag of an
+//! allowed source; everything else addressed to a local container is dropped (replies of
+//! allowed flows pass by connection tracking).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn parse(s: &str) -> Option<Proto> {
+        match s {
+            "tcp" => Some(Proto::Tcp),
+            "udp" => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// A policy as the cells' API gives it (app GUIDs and their tags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaggedPolicy {
+    pub source: String,
+    pub source_tag: u16,
+    pub destination: String,
+    pub destination_tag: u16,
+    pub proto: Proto,
+    pub start: u16,
+    pub end: u16,
+}
+
+/// A container on this cell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalContainer {
+    pub ip: Ipv4Addr,
+    /// The app GUID; containers without one get no policies (and no mark).
+    pub app: Option<String>,
+}
+
+/// An allow entry: new connections to `dst` on `proto` `start..=end` from packets marked
+/// `tag`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Allow {
+    pub dst: Ipv4Addr,
+    pub proto: Proto,
+    pub start: u16,
+    pub end: u16,
+    pub tag: u16,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    /// Local container address → the tag its packets carry.
+    pub marks: BTreeMap<Ipv4Addr, u16>,
+    pub allows: BTreeSet<Allow>,
+    /// Every local container address: traffic to them is denied unless allowed.
+    pub guarded: BTreeSet<Ipv4Addr>,
+}
+
+/// Parses an upstream tag (`"0001"`, upper-case hex).
+pub fn parse_tag(s: &str) -> Option<u16> {
+    u16::from_str_radix(s, 16).ok().filter(|t| *t != 0)
+}
+
+pub fn plan(policies: &[TaggedPolicy], containers: &[LocalContainer]) -> Ruleset {
+    let mut rs = Ruleset::default();
+    let mut by_app: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
+    for c in containers {
+        rs.guarded.insert(c.ip);
+        if let Some(app) = c.app.as_deref() {
+            by_app.entry(app).or_default().push(c.ip);
+        }
+    }
+    for p in policies {
+        if let Some(ips) = by_app.get(p.source.as_str()) {
+            for ip in ips {
+                rs.marks.insert(*ip, p.source_tag);
+            }
+        }
+        if let Some(ips) = by_app.get(p.destination.as_str()) {
+            for ip in ips {
+                rs.allows.insert(Allow { dst: *ip, proto: p.proto, start: p.start, end: p.end, tag: p.source_tag });
+            }
+        }
+    }
+    rs
+}
+
+/// What to change to go from `current` to `desired`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RulesetDiff {
+    pub add_marks: Vec<(Ipv4Addr, u16)>,
+    pub remove_marks: Vec<Ipv4Addr>,
+    pub add_allows: Vec<Allow>,
+    pub remove_allows: Vec<Allow>,
+    pub add_guarded: Vec<Ipv4Addr>,
+    pub remove_guarded: Vec<Ipv4Addr>,
+}
+
+impl RulesetDiff {
+    pub fn is_empty(&self) -> bool {
+        self.add_marks.is_empty()
+            && self.remove_marks.is_empty()
+            && self.add_allows.is_empty()
+            && self.remove_allows.is_empty()
+            && self.add_guarded.is_empty()
+            && self.remove_guarded.is_empty()
+    }
+}
+
+pub fn diff(current: &Ruleset, desired: &Ruleset) -> RulesetDiff {
+    let mut d = RulesetDiff::default();
+    for (ip, tag) in &desired.marks {
+        if current.marks.get(ip) != Some(tag) {
+            if current.marks.contains_key(ip) {
+                d.remove_marks.push(*ip);
+            }
+            d.add_marks.push((*ip, *tag));
+        }
+    }
+    for ip in current.marks.keys() {
+        if !desired.marks.contains_key(ip) {
+            d.remove_marks.push(*ip);
+        }
+    }
+    d.add_allows = desired.allows.difference(&current.allows).copied().collect();
+    d.remove_allows = current.allows.difference(&desired.allows).copied().collect();
+    d.add_guarded = desired.guarded.difference(&current.guarded).copied().collect();
+    d.remove_guarded = current.guarded.difference(&desired.guarded).copied().collect();
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn p(s: &str, st: u16, d: &str, dt: u16, proto: Proto, start: u16, end: u16) -> TaggedPolicy {
+        TaggedPolicy { source: s.into(), source_tag: st, destination: d.into(), destination_tag: dt, proto, start, end }
+    }
+
+    fn c(ip: [u8; 4], app: &str) -> LocalContainer {
+        LocalContainer { ip: ip.into(), app: Some(app.into()) }
+    }
+
+    #[test]
+    fn seed_scenario() {
+        // A→B and A→C; instances of A and B on this cell.
+        let policies = vec![p("A", 1, "B", 2, Proto::Tcp, 8080, 8080), p("A", 1, "C", 3, Proto::Udp, 53, 53)];
+        let containers = vec![c([10, 255, 1, 2], "A"), c([10, 255, 1, 3], "B"), c([10, 255, 1, 4], "X")];
+        let rs = plan(&policies, &containers);
+        assert_eq!(rs.marks, BTreeMap::from([(Ipv4Addr::new(10, 255, 1, 2), 1)]), "only sources are marked");
+        assert_eq!(
+            rs.allows,
+            BTreeSet::from([Allow {
+                dst: Ipv4Addr::new(10, 255, 1, 3),
+                proto: Proto::Tcp,
+                start: 8080,
+                end: 8080,
+                tag: 1
+            }])
+        );
+        assert_eq!(rs.guarded.len(), 3, "every local container is guarded");
+    }
+
+    #[test]
+    fn every_instance_of_an_app_is_covered_and_unlabelled_containers_get_nothing() {
+        let policies = vec![p("A", 1, "B", 2, Proto::Tcp, 1, 65535)];
+        let containers = vec![
+            c([10, 255, 1, 2], "B"),
+            c([10, 255, 1, 3], "B"),
+            LocalContainer { ip: [10, 255, 1, 4].into(), app: None },
+        ];
+        let rs = plan(&policies, &containers);
+        assert_eq!(rs.allows.len(), 2);
+        assert!(rs.marks.is_empty());
+        assert!(rs.guarded.contains(&Ipv4Addr::new(10, 255, 1, 4)));
+    }
+
+    #[test]
+    fn tags() {
+        assert_eq!(parse_tag("0001"), Some(1));
+        assert_eq!(parse_tag("FFFF"), Some(65535));
+        assert_eq!(parse_tag("0000"), None);
+        assert_eq!(parse_tag("zz"), None);
+    }
+
+    fn ruleset() -> impl Strategy<Value = Ruleset> {
+        let ip = (2u8..20).prop_map(|o| Ipv4Addr::new(10, 255, 1, o));
+        let marks = proptest::collection::btree_map(ip.clone(), 1u16..10, 0..10);
+        let allow =
+            (ip.clone(), any::<bool>(), 1u16..100, 0u16..10, 1u16..10).prop_map(|(dst, tcp, start, len, tag)| Allow {
+                dst,
+                proto: if tcp { Proto::Tcp } else { Proto::Udp },
+                start,
+                end: start + len,
+                tag,
+            });
+        let allows = proptest::collection::btree_set(allow, 0..20);
+        let guarded = proptest::collection::btree_set(ip, 0..10);
+        (marks, allows, guarded).prop_map(|(marks, allows, guarded)| Ruleset { marks, allows, guarded })
+    }
+
+    proptest! {
+        #[test]
+        fn applying_the_diff_reaches_the_desired_ruleset(current in ruleset(), desired in ruleset()) {
+            let d = diff(&current, &desired);
+            let mut state = current.clone();
+            for ip in &d.remove_marks { state.marks.remove(ip); }
+            for (ip, tag) in &d.add_marks { state.marks.insert(*ip, *tag); }
+            for a in &d.remove_allows { state.allows.remove(a); }
+            for a in &d.add_allows { state.allows.insert(*a); }
+            for ip in &d.remove_guarded { state.guarded.remove(ip); }
+            for ip in &d.add_guarded { state.guarded.insert(*ip); }
+            prop_assert_eq!(&state, &desired);
+            prop_assert!(diff(&desired, &desired).is_empty());
+        }
+    }
+}

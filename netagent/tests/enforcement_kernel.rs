@@ -1,0 +1,120 @@
+//! Policy enforcement with the nftables backend on the real kernel: the seed scenario on two
+//! cells joined by the GBP overlay. Needs root and the `nft` binary.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use netagent::enforcement::nftables::{Applied, Enforcer};
+use netagent::enforcement::plan::{LocalContainer, Proto, Ruleset, TaggedPolicy, plan};
+use netagent::netlink::{Netlink, converge};
+use netagent::overlay::{Lease, OverlaySettings};
+
+mod common;
+use common::*;
+
+fn lease(i: u8) -> Lease {
+    Lease { underlay_ip: Ipv4Addr::new(10, 254, 250, i), subnet: Ipv4Addr::new(10, 255, i, 0), prefix: 24 }
+}
+
+fn overlay(cell: &Netns, me: u8) {
+    let settings = OverlaySettings {
+        vtep_name: "c2c-vtep".into(),
+        vni: 1,
+        port: 4789,
+        network: Ipv4Addr::new(10, 255, 0, 0),
+        network_prefix: 16,
+    };
+    let desired = netagent::overlay::plan(&settings, &lease(me), &[lease(1), lease(2)]);
+    cell.run(move || async move {
+        let nl = Netlink::connect().unwrap();
+        converge(&nl, &desired.vtep, &desired.remotes).await.unwrap();
+    });
+}
+
+fn container(cell: &Netns, ctr: &Netns, ip: Ipv4Addr) {
+    let path = ctr.path();
+    cell.run(move || async move {
+        let nl = Netlink::connect().unwrap();
+        netagent::container_net::add(&nl, &path, "eth0", ip, 1450).await.unwrap();
+    });
+}
+
+/// Reconciles the cell's ruleset with its enforcer; returns the enforcer and what it did.
+fn enforce(cell: &Netns, enforcer: Enforcer, rs: Ruleset) -> (Enforcer, Applied) {
+    cell.run(move || async move {
+        let mut e = enforcer;
+        let applied = e.reconcile(&rs).expect("nft applies the ruleset");
+        (e, applied)
+    })
+}
+
+fn pol(s: &str, st: u16, d: &str, dt: u16, proto: Proto, start: u16, end: u16) -> TaggedPolicy {
+    TaggedPolicy { source: s.into(), source_tag: st, destination: d.into(), destination_tag: dt, proto, start, end }
+}
+
+#[test]
+fn seed_scenario_with_nftables() {
+    assert!(nix::unistd::geteuid().is_root(), "needs root (CI runs as root)");
+    assert!(Command::new("nft").arg("--version").output().is_ok(), "needs nft (apt-get install nftables)");
+    let f = fabric(2);
+    let (c1, c2) = (&f.cells[0], &f.cells[1]);
+    overlay(c1, 1);
+    overlay(c2, 2);
+    // A on both cells, B on cell 2, C on cell 1 (same cell as one A).
+    let (a1, a2, b, c) = (Netns::new("a1"), Netns::new("a2"), Netns::new("b"), Netns::new("c"));
+    let ip = |cell: u8, n: u8| Ipv4Addr::new(10, 255, cell, n);
+    container(c1, &a1, ip(1, 2));
+    container(c2, &a2, ip(2, 2));
+    container(c2, &b, ip(2, 3));
+    container(c1, &c, ip(1, 3));
+    let cell1 = vec![
+        LocalContainer { ip: ip(1, 2), app: Some("A".into()) },
+        LocalContainer { ip: ip(1, 3), app: Some("C".into()) },
+    ];
+    let cell2 = vec![
+        LocalContainer { ip: ip(2, 2), app: Some("A".into()) },
+        LocalContainer { ip: ip(2, 3), app: Some("B".into()) },
+    ];
+    let mut policies = vec![pol("A", 1, "B", 2, Proto::Tcp, 8080, 8080), pol("A", 1, "C", 3, Proto::Udp, 5353, 5353)];
+    let (e1, applied) = enforce(c1, Enforcer::new(), plan(&policies, &cell1));
+    assert_eq!(applied, Applied::Full);
+    let (e2, _) = enforce(c2, Enforcer::new(), plan(&policies, &cell2));
+
+    // A reaches B over TCP 8080 (across cells, and from the A on B's own cell); not over UDP.
+    assert_eq!(exchange(&a1, &b, ip(2, 3), 8080), (true, false), "A→B tcp/8080 across cells only over TCP");
+    assert!(exchange(&a2, &b, ip(2, 3), 8080).0, "same cell is enforced the same way");
+    // A reaches C over UDP 5353 only.
+    assert_eq!(exchange(&a1, &c, ip(1, 3), 5353), (false, true), "A→C udp/5353 on the same cell");
+    assert_eq!(exchange(&a2, &c, ip(1, 3), 5353), (false, true), "and across cells");
+    // Everything else is refused.
+    assert_eq!(exchange(&a1, &b, ip(2, 3), 9090), (false, false), "a port outside the policy");
+    assert_eq!(exchange(&b, &c, ip(1, 3), 5353), (false, false), "B cannot reach C");
+    assert_eq!(exchange(&b, &a1, ip(1, 2), 8080), (false, false), "B cannot open connections to A");
+    assert_eq!(exchange(&c, &a1, ip(1, 2), 8080), (false, false), "C cannot open connections to A");
+
+    // A policy added later works at once; only the difference is applied.
+    policies.push(pol("C", 3, "B", 2, Proto::Tcp, 9000, 9100));
+    let (e1, applied) = enforce(c1, e1, plan(&policies, &cell1));
+    assert_eq!(applied, Applied::Diff);
+    let (e2, applied) = enforce(c2, e2, plan(&policies, &cell2));
+    assert_eq!(applied, Applied::Diff);
+    assert!(exchange(&c, &b, ip(2, 3), 9050).0, "C→B tcp/9000-9100");
+    // And a removed one stops new connections.
+    policies.retain(|p| p.source != "C");
+    let (e1, _) = enforce(c1, e1, plan(&policies, &cell1));
+    let (e2, _) = enforce(c2, e2, plan(&policies, &cell2));
+    assert!(!exchange(&c, &b, ip(2, 3), 9050).0);
+
+    // Someone deletes the table: the next reconcile puts it back whole.
+    assert!(
+        Command::new("ip")
+            .args(["netns", "exec", &c2.0, "nft", "delete", "table", "ip", "c2c"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (_e2, applied) = enforce(c2, e2, plan(&policies, &cell2));
+    assert_eq!(applied, Applied::Full);
+    assert!(exchange(&a1, &b, ip(2, 3), 8080).0, "enforcing again after the repair");
+    let _ = e1;
+}
