@@ -67,6 +67,7 @@ struct Shared {
     status: Status,
     /// Serialises converges (the loop's and the CNI's reconcile requests).
     busy: Mutex<()>,
+    policies: Option<Arc<crate::sync::PolicySync>>,
 }
 
 /// A running agent.
@@ -122,9 +123,19 @@ impl Agent {
             &CellInfo { subnet: lease.overlay_subnet.clone(), mtu: mtu.unwrap_or(1450) },
         )?;
 
-        let shared = Arc::new(Shared { wake: Notify::new(), status: Status::default(), busy: Mutex::new(()) });
+        let policies = (config.enforcement == "nftables")
+            .then(|| crate::sync::PolicySync::new(client.clone(), config.state_dir.clone()));
+        let shared = Arc::new(Shared {
+            wake: Notify::new(),
+            status: Status::default(),
+            busy: Mutex::new(()),
+            policies: policies.clone(),
+        });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
+        if let Some(p) = policies {
+            tasks.push(tokio::spawn(p.run(stopped.clone())));
+        }
 
         // The converge loop.
         {
@@ -218,8 +229,12 @@ async fn health(State(shared): State<Arc<Shared>>) -> StatusCode {
     if shared.status.converged.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
 }
 
-/// The CNI plugin's request: converge now, answer when done (bounded by the plugin).
+/// The CNI plugin's request: enforce policies for the containers as they are now and
+/// converge the overlay, answer when done (bounded by the plugin).
 async fn reconcile(State(shared): State<Arc<Shared>>) -> StatusCode {
+    if let Some(p) = &shared.policies {
+        p.reconcile_once().await;
+    }
     shared.wake.notify_one();
     // Taking the lock after the wake-up means the cycle that saw this request has run.
     tokio::time::sleep(Duration::from_millis(1)).await;

@@ -27,7 +27,7 @@ pub struct Config {
     pub listen: SocketAddr,
     /// How often the lease table is read and the own lease renewed.
     pub lease_poll_interval_ms: u64,
-    /// Enforcement backend (part 2); `none` enforces nothing.
+    /// Enforcement backend: `nftables`, or `none` (no policy enforcement at all).
     pub enforcement: String,
     pub log_level: String,
 }
@@ -87,9 +87,9 @@ impl Config {
         if self.lease_poll_interval_ms == 0 {
             return Err(ConfigError::Invalid("lease_poll_interval_ms must be positive".into()));
         }
-        if self.enforcement != "none" {
+        if !matches!(self.enforcement.as_str(), "none" | "nftables") {
             return Err(ConfigError::Invalid(format!(
-                "enforcement {:?} is not available in this build; use \"none\"",
+                "enforcement {:?} is not available; use \"nftables\" or \"none\"",
                 self.enforcement
             )));
         }

@@ -12,3 +12,4 @@ pub mod ipam;
 pub mod naming;
 pub mod netlink;
 pub mod overlay;
+pub mod sync;

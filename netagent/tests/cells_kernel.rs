@@ -76,6 +76,7 @@ fn agent(
     ca: &testkit::pki::TestCa,
     state: &std::path::Path,
     release_on_stop: bool,
+    enforcement: &str,
 ) -> InNetns<AgentInfo> {
     // Cell certificates come from the CA the control plane trusts.
     let cert = ca.client(&format!("cell-{i}"));
@@ -89,6 +90,7 @@ fn agent(
         state_dir: state.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         lease_poll_interval_ms: 200,
+        enforcement: enforcement.to_string(),
         ..Config::default()
     };
     config.validate().unwrap();
@@ -151,8 +153,8 @@ fn cells_and_containers_with_netagent() {
     let cp = control_plane(&ctl, &ca, &pki);
 
     let states: Vec<std::path::PathBuf> = (1..=3).map(|i| pki.join(format!("state{i}"))).collect();
-    let a1 = agent(&f.cells[0], 1, cp.value, &ca, &states[0], false);
-    let a2 = agent(&f.cells[1], 2, cp.value, &ca, &states[1], false);
+    let a1 = agent(&f.cells[0], 1, cp.value, &ca, &states[0], false, "none");
+    let a2 = agent(&f.cells[1], 2, cp.value, &ca, &states[1], false, "none");
     assert_ne!(a1.value.subnet, a2.value.subnet, "two cells never share a subnet");
     eventually("both cells know each other", || vtep_routes(&f.cells[0]) == 1 && vtep_routes(&f.cells[1]) == 1);
 
@@ -167,7 +169,7 @@ fn cells_and_containers_with_netagent() {
     s.join().unwrap();
 
     // A third cell joins; the others learn it without a restart.
-    let a3 = agent(&f.cells[2], 3, cp.value, &ca, &states[2], true);
+    let a3 = agent(&f.cells[2], 3, cp.value, &ca, &states[2], true, "none");
     let cc_ns = Netns::new("ctr-c");
     let ip_c = cni_add(&f.cells[2], &cc_ns, "c", &states[2], a3.value.listen);
     eventually("cells 1 and 2 learn cell 3", || vtep_routes(&f.cells[0]) == 2 && vtep_routes(&f.cells[1]) == 2);
@@ -187,5 +189,43 @@ fn cells_and_containers_with_netagent() {
     assert_eq!(talk(&ca_ns, ip_b, 8083), (true, true), "traffic flows without the control plane");
     s.join().unwrap();
     drop((a1, a2));
+    let _ = std::fs::remove_dir_all(&pki);
+}
+
+/// Policies from the control plane enforced by netagent (nftables): denied until a policy
+/// exists, allowed within moments of its creation, denied again after its deletion.
+#[test]
+fn policies_flow_from_the_control_plane_to_the_kernel() {
+    require_root();
+    let f = fabric(2);
+    let ctl = Netns::new("ctl");
+    attach(&f.switch, &ctl, 254);
+    let pki = std::env::temp_dir().join(format!("c2c-policies-{}", std::process::id()));
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = testkit::pki::TestCa::new(&pki, "ca");
+    let cp = control_plane(&ctl, &ca, &pki);
+    let states: Vec<std::path::PathBuf> = (1..=2).map(|i| pki.join(format!("state{i}"))).collect();
+    let a1 = agent(&f.cells[0], 1, cp.value, &ca, &states[0], false, "nftables");
+    let a2 = agent(&f.cells[1], 2, cp.value, &ca, &states[1], false, "nftables");
+    eventually("both cells know each other", || vtep_routes(&f.cells[0]) == 1 && vtep_routes(&f.cells[1]) == 1);
+    let (ca_ns, cb_ns) = (Netns::new("ctr-a"), Netns::new("ctr-b"));
+    let _ip_a = cni_add(&f.cells[0], &ca_ns, "a", &states[0], a1.value.listen);
+    let ip_b = cni_add(&f.cells[1], &cb_ns, "b", &states[1], a2.value.listen);
+    assert_eq!(exchange(&ca_ns, &cb_ns, ip_b, 8080), (false, false), "denied without a policy");
+
+    // The policy is written to the control plane's database (as its API would).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = format!("sqlite://{}/cp.db?mode=rwc", pki.display());
+    let store = rt.block_on(policy_api::store::Store::connect(&url, &Default::default())).unwrap();
+    let policy = policy_api::policy::Policy::new("app-a", "app-b", policy_api::policy::Protocol::Tcp, 8080, 8080);
+    let created = Instant::now();
+    rt.block_on(store.create(std::slice::from_ref(&policy))).unwrap();
+    eventually("the policy allows A to reach B", || exchange(&ca_ns, &cb_ns, ip_b, 8080).0);
+    eprintln!("policy enforced {:?} after it was written", created.elapsed());
+    assert_eq!(exchange(&ca_ns, &cb_ns, ip_b, 8080), (true, false), "TCP only");
+
+    rt.block_on(store.delete(&[policy])).unwrap();
+    eventually("the deleted policy stops new connections", || !exchange(&ca_ns, &cb_ns, ip_b, 8080).0);
+    drop((a1, a2, cp));
     let _ = std::fs::remove_dir_all(&pki);
 }
