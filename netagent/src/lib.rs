@@ -9,6 +9,7 @@ pub mod container_net;
 pub mod containers;
 pub mod enforcement;
 pub mod ipam;
+pub mod lab;
 pub mod naming;
 pub mod netlink;
 pub mod overlay;

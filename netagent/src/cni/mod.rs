@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+pub mod plugin;
 pub mod result;
 
 /// Versions `c2c-cni` accepts in `cniVersion` (what `VERSION` reports).
