@@ -32,6 +32,9 @@ pub fn tagged(list: &policy_client::types::PolicyList) -> Vec<TaggedPolicy> {
         .collect()
 }
 
+/// How often a control plane without the watch is asked (upstream agents: 5 s).
+const POLL_INTERVAL: Duration = Duration::from_secs(5);
+
 struct State {
     enforcer: Enforcer,
     policies: Vec<TaggedPolicy>,
@@ -135,10 +138,22 @@ impl PolicySync {
                 r = request => match watched(r) {
                     Ok(Watched::Changed { value, etag }) => {
                         backoff = Duration::from_millis(200);
-                        let mut state = self.state.lock().await;
-                        state.policies = tagged(&value);
-                        state.etag = etag;
-                        Self::enforce(&mut state, &containers);
+                        let polling = etag.is_none();
+                        {
+                            let mut state = self.state.lock().await;
+                            state.policies = tagged(&value);
+                            state.etag = etag;
+                            Self::enforce(&mut state, &containers);
+                        }
+                        // A server without the watch (upstream's) answers at once and sends
+                        // no ETag: poll it at upstream's pace instead of hammering it.
+                        if polling {
+                            tokio::select! {
+                                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                                _ = self.wake.notified() => {}
+                                _ = stopped.changed() => return,
+                            }
+                        }
                     }
                     Ok(Watched::NotModified) => {
                         backoff = Duration::from_millis(200);
