@@ -83,8 +83,12 @@ impl PolicySync {
     }
 
     fn enforce(state: &mut State, containers: &[LocalContainer]) {
+        Self::enforce_checked(state, containers, false)
+    }
+
+    fn enforce_checked(state: &mut State, containers: &[LocalContainer], deep: bool) {
         let desired = plan(&state.policies, containers);
-        match state.enforcer.reconcile(&desired) {
+        match state.enforcer.reconcile_checked(&desired, deep) {
             Ok(Applied::Nothing) => {}
             Ok(applied) => tracing::info!(?applied, allows = desired.allows.len(), "policies enforced"),
             Err(e) => tracing::error!(error = %e, "enforcing policies failed; the previous ruleset stays"),
@@ -157,8 +161,8 @@ impl PolicySync {
                     }
                     Ok(Watched::NotModified) => {
                         backoff = Duration::from_millis(200);
-                        // Re-check the kernel (drift) and the containers each round.
-                        Self::enforce(&mut *self.state.lock().await, &containers);
+                        // A quiet round: check every element in the kernel (drift repair).
+                        Self::enforce_checked(&mut *self.state.lock().await, &containers, true);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in = ?backoff, "policy watch failed; enforcing the last known policies");

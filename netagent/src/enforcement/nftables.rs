@@ -27,6 +27,22 @@ fn allow_element(a: &Allow) -> String {
     format!("{} . {} . {} . 0x{:x}", a.dst, a.proto.as_str(), ports, a.tag)
 }
 
+/// Single-port entries go to a hash set (constant cost per packet, whatever its size); only
+/// real ranges go to the interval set.
+fn set_of(a: &Allow) -> &'static str {
+    if a.start == a.end { "allow" } else { "allow_ranges" }
+}
+
+fn allow_lines(verb: &str, allows: &[Allow]) -> String {
+    let mut s = String::new();
+    for set in ["allow", "allow_ranges"] {
+        if let Some(e) = elements(allows.iter().filter(|a| set_of(a) == set).map(allow_element)) {
+            let _ = writeln!(s, "{verb} element ip {TABLE} {set} {{ {e} }}");
+        }
+    }
+    s
+}
+
 fn elements<I: IntoIterator<Item = String>>(items: I) -> Option<String> {
     let v: Vec<String> = items.into_iter().collect();
     if v.is_empty() { None } else { Some(v.join(", ")) }
@@ -40,13 +56,18 @@ pub fn full_script(rs: &Ruleset) -> String {
     let _ = writeln!(s, "table ip {TABLE} {{");
     let _ = writeln!(s, "  map src_tags {{ type ipv4_addr : mark; }}");
     let _ = writeln!(s, "  set guarded {{ type ipv4_addr; }}");
-    let _ = writeln!(s, "  set allow {{ type ipv4_addr . inet_proto . inet_service . mark; flags interval; }}");
+    let _ = writeln!(s, "  set allow {{ type ipv4_addr . inet_proto . inet_service . mark; }}");
+    let _ = writeln!(s, "  set allow_ranges {{ type ipv4_addr . inet_proto . inet_service . mark; flags interval; }}");
     let _ = writeln!(s, "  chain forward {{");
     let _ = writeln!(s, "    type filter hook forward priority -10; policy accept;");
     let _ = writeln!(s, "    ct state established,related accept");
     let _ = writeln!(s, "    meta mark set ip saddr map @src_tags");
     let _ =
         writeln!(s, "    ip daddr @guarded ct state new ip daddr . meta l4proto . th dport . meta mark @allow accept");
+    let _ = writeln!(
+        s,
+        "    ip daddr @guarded ct state new ip daddr . meta l4proto . th dport . meta mark @allow_ranges accept"
+    );
     let _ = writeln!(s, "    ip daddr @guarded drop");
     let _ = writeln!(s, "  }}");
     let _ = writeln!(s, "}}");
@@ -56,18 +77,15 @@ pub fn full_script(rs: &Ruleset) -> String {
     if let Some(e) = elements(rs.guarded.iter().map(|ip| ip.to_string())) {
         let _ = writeln!(s, "add element ip {TABLE} guarded {{ {e} }}");
     }
-    if let Some(e) = elements(rs.allows.iter().map(allow_element)) {
-        let _ = writeln!(s, "add element ip {TABLE} allow {{ {e} }}");
-    }
+    let allows: Vec<Allow> = rs.allows.iter().copied().collect();
+    s.push_str(&allow_lines("add", &allows));
     s
 }
 
 /// Only the difference. Deletions come first, so a changed mark is replaced in place.
 pub fn diff_script(d: &RulesetDiff) -> String {
     let mut s = String::new();
-    if let Some(e) = elements(d.remove_allows.iter().map(allow_element)) {
-        let _ = writeln!(s, "delete element ip {TABLE} allow {{ {e} }}");
-    }
+    s.push_str(&allow_lines("delete", &d.remove_allows));
     if let Some(e) = elements(d.remove_marks.iter().map(|ip| ip.to_string())) {
         let _ = writeln!(s, "delete element ip {TABLE} src_tags {{ {e} }}");
     }
@@ -80,9 +98,7 @@ pub fn diff_script(d: &RulesetDiff) -> String {
     if let Some(e) = elements(d.add_marks.iter().map(|(ip, tag)| format!("{ip} : 0x{tag:x}"))) {
         let _ = writeln!(s, "add element ip {TABLE} src_tags {{ {e} }}");
     }
-    if let Some(e) = elements(d.add_allows.iter().map(allow_element)) {
-        let _ = writeln!(s, "add element ip {TABLE} allow {{ {e} }}");
-    }
+    s.push_str(&allow_lines("add", &d.add_allows));
     s
 }
 
@@ -106,6 +122,20 @@ pub fn run(script: &str) -> Result<(), NftError> {
         Err(NftError::Refused(String::from_utf8_lossy(&out.stderr).into_owned()))
     }
 }
+
+/// The number of rules in the forward chain (`None` when the table or chain is missing):
+/// the cheap check made before every change (`-t`: set elements are not listed).
+pub fn installed_rules() -> Option<usize> {
+    let out = Command::new("nft").args(["-t", "-j", "list", "chain", "ip", TABLE, "forward"]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(v.get("nftables")?.as_array()?.iter().filter(|i| i.get("rule").is_some()).count())
+}
+
+/// Rules of the forward chain (see `full_script`).
+const RULES: usize = 5;
 
 /// Counts of what the kernel holds: (rules in the forward chain, marks, guarded, allows);
 /// `None` when the table is missing.
@@ -131,7 +161,7 @@ pub fn installed_counts() -> Option<(usize, usize, usize, usize)> {
         }
     }
     let get = |k: &str| sizes.get(k).copied().unwrap_or(0);
-    Some((rules, get("src_tags"), get("guarded"), get("allow")))
+    Some((rules, get("src_tags"), get("guarded"), get("allow") + get("allow_ranges")))
 }
 
 /// Keeps the kernel equal to the desired ruleset with as little work as possible.
@@ -153,15 +183,26 @@ impl Enforcer {
         Enforcer::default()
     }
 
-    /// Whether the kernel still holds what was installed (someone may have deleted the
-    /// table, a rule or elements).
-    fn intact(&self, rs: &Ruleset) -> bool {
-        installed_counts() == Some((4, rs.marks.len(), rs.guarded.len(), count_allow_elements(rs)))
+    /// Whether the kernel still holds what was installed. The cheap check (table and rules)
+    /// runs before every change; `deep` also counts every element (someone may have deleted
+    /// some), which lists the whole table and is done on quiet rounds.
+    fn intact(&self, rs: &Ruleset, deep: bool) -> bool {
+        if deep {
+            installed_counts() == Some((RULES, rs.marks.len(), rs.guarded.len(), count_allow_elements(rs)))
+        } else {
+            installed_rules() == Some(RULES)
+        }
     }
 
+    /// Brings the kernel to `desired` (cheap drift check).
     pub fn reconcile(&mut self, desired: &Ruleset) -> Result<Applied, NftError> {
+        self.reconcile_checked(desired, false)
+    }
+
+    /// Like `reconcile`, verifying every element first (`deep`).
+    pub fn reconcile_checked(&mut self, desired: &Ruleset, deep: bool) -> Result<Applied, NftError> {
         match &self.installed {
-            Some(current) if self.intact(current) => {
+            Some(current) if self.intact(current, deep) => {
                 let d = super::plan::diff(current, desired);
                 if d.is_empty() {
                     return Ok(Applied::Nothing);
@@ -214,11 +255,14 @@ mod tests {
         );
         let full = full_script(&rs);
         assert!(full.contains("add element ip c2c src_tags { 10.255.1.2 : 0x1 }"), "{full}");
-        assert!(full.contains("add element ip c2c allow { 10.255.1.3 . tcp . 8080-8090 . 0x1 }"), "{full}");
+        assert!(full.contains("add element ip c2c allow_ranges { 10.255.1.3 . tcp . 8080-8090 . 0x1 }"), "{full}");
         assert!(full.starts_with("add table ip c2c\ndelete table ip c2c\n"), "atomic replacement");
         let d = crate::enforcement::plan::diff(&rs, &Ruleset::default());
         let script = diff_script(&d);
-        assert!(script.contains("delete element ip c2c allow { 10.255.1.3 . tcp . 8080-8090 . 0x1 }"), "{script}");
+        assert!(
+            script.contains("delete element ip c2c allow_ranges { 10.255.1.3 . tcp . 8080-8090 . 0x1 }"),
+            "{script}"
+        );
         assert!(diff_script(&RulesetDiff::default()).is_empty());
     }
 }
