@@ -113,13 +113,20 @@ fn agent(
 }
 
 /// ADD through the CNI plugin, in the cell's namespace; returns the container's address.
-fn cni_add(cell: &Netns, ctr: &Netns, id: &str, state: &std::path::Path, agent: std::net::SocketAddr) -> Ipv4Addr {
+fn cni_add(
+    cell: &Netns,
+    ctr: &Netns,
+    id: &str,
+    app: &str,
+    state: &std::path::Path,
+    agent: std::net::SocketAddr,
+) -> Ipv4Addr {
     let conf = format!(
         r#"{{"cniVersion":"1.0.0","name":"c2c","type":"c2c-cni","stateDir":"{}","agent":"http://{agent}"}}"#,
         state.display()
     );
     let (code, text) =
-        run_plugin(env!("CARGO_BIN_EXE_c2c-cni"), cell, "ADD", id, &ctr.path(), &format!("app_id=app-{id}"), &conf);
+        run_plugin(env!("CARGO_BIN_EXE_c2c-cni"), cell, "ADD", id, &ctr.path(), &format!("app_id={app}"), &conf);
     assert_eq!(code, 0, "ADD failed: {text}");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["ips"][0]["address"].as_str().unwrap().trim_end_matches("/32").parse().unwrap()
@@ -159,8 +166,8 @@ fn cells_and_containers_with_netagent() {
     eventually("both cells know each other", || vtep_routes(&f.cells[0]) == 1 && vtep_routes(&f.cells[1]) == 1);
 
     let (ca_ns, cb_ns) = (Netns::new("ctr-a"), Netns::new("ctr-b"));
-    let ip_a = cni_add(&f.cells[0], &ca_ns, "a", &states[0], a1.value.listen);
-    let ip_b = cni_add(&f.cells[1], &cb_ns, "b", &states[1], a2.value.listen);
+    let ip_a = cni_add(&f.cells[0], &ca_ns, "a", "app-a", &states[0], a1.value.listen);
+    let ip_b = cni_add(&f.cells[1], &cb_ns, "b", "app-b", &states[1], a2.value.listen);
     let s = echo_servers(&cb_ns, ip_b, 8080);
     assert_eq!(talk(&ca_ns, ip_b, 8080), (true, true), "TCP and UDP from cell 1's container to cell 2's");
     s.join().unwrap();
@@ -171,7 +178,7 @@ fn cells_and_containers_with_netagent() {
     // A third cell joins; the others learn it without a restart.
     let a3 = agent(&f.cells[2], 3, cp.value, &ca, &states[2], true, "none");
     let cc_ns = Netns::new("ctr-c");
-    let ip_c = cni_add(&f.cells[2], &cc_ns, "c", &states[2], a3.value.listen);
+    let ip_c = cni_add(&f.cells[2], &cc_ns, "c", "app-c", &states[2], a3.value.listen);
     eventually("cells 1 and 2 learn cell 3", || vtep_routes(&f.cells[0]) == 2 && vtep_routes(&f.cells[1]) == 2);
     let s = echo_servers(&cc_ns, ip_c, 8082);
     assert_eq!(talk(&ca_ns, ip_c, 8082), (true, true), "cell 1's container reaches the new cell's");
@@ -209,8 +216,8 @@ fn policies_flow_from_the_control_plane_to_the_kernel() {
     let a2 = agent(&f.cells[1], 2, cp.value, &ca, &states[1], false, "nftables");
     eventually("both cells know each other", || vtep_routes(&f.cells[0]) == 1 && vtep_routes(&f.cells[1]) == 1);
     let (ca_ns, cb_ns) = (Netns::new("ctr-a"), Netns::new("ctr-b"));
-    let _ip_a = cni_add(&f.cells[0], &ca_ns, "a", &states[0], a1.value.listen);
-    let ip_b = cni_add(&f.cells[1], &cb_ns, "b", &states[1], a2.value.listen);
+    let _ip_a = cni_add(&f.cells[0], &ca_ns, "a", "app-a", &states[0], a1.value.listen);
+    let ip_b = cni_add(&f.cells[1], &cb_ns, "b", "app-b", &states[1], a2.value.listen);
     assert_eq!(exchange(&ca_ns, &cb_ns, ip_b, 8080), (false, false), "denied without a policy");
 
     // The policy is written to the control plane's database (as its API would).
@@ -224,8 +231,73 @@ fn policies_flow_from_the_control_plane_to_the_kernel() {
     eprintln!("policy enforced {:?} after it was written", created.elapsed());
     assert_eq!(exchange(&ca_ns, &cb_ns, ip_b, 8080), (true, false), "TCP only");
 
+    // B is restarted: its container goes, a new one of the same app comes with a new address,
+    // and the same policy covers it as soon as the CNI plugin returns.
+    let conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"c2c","type":"c2c-cni","stateDir":"{}","agent":"http://{}"}}"#,
+        states[1].display(),
+        a2.value.listen
+    );
+    let (code, out) = run_plugin(env!("CARGO_BIN_EXE_c2c-cni"), &f.cells[1], "DEL", "b", &cb_ns.path(), "", &conf);
+    assert_eq!(code, 0, "{out}");
+    let cb2_ns = Netns::new("ctr-b2");
+    let ip_b2 = cni_add(&f.cells[1], &cb2_ns, "b2", "app-b", &states[1], a2.value.listen);
+    assert_ne!(ip_b2, ip_b, "a new address");
+    assert_eq!(exchange(&ca_ns, &cb2_ns, ip_b2, 8080), (true, false), "the restarted instance is covered at once");
+
+    // netagent restarts on cell 2: an established connection survives it.
+    let (to_client, from_test) = std::sync::mpsc::channel::<()>();
+    let (to_test, from_client) = std::sync::mpsc::channel::<bool>();
+    let server = {
+        let path = cb2_ns.path();
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let fd = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = std::net::TcpListener::bind((ip_b2, 8080)).unwrap();
+            let (conn, _) = l.accept().unwrap();
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut w = conn;
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                let _ = w.write_all(line.as_bytes());
+                line.clear();
+            }
+        })
+    };
+    let client = {
+        let path = ca_ns.path();
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let fd = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let s = std::net::TcpStream::connect((ip_b2, 8080)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            let mut line = String::new();
+            let mut round = |msg: &str| {
+                line.clear();
+                w.write_all(msg.as_bytes()).is_ok() && r.read_line(&mut line).is_ok() && line == msg
+            };
+            let first = round("before\n");
+            to_test.send(first).unwrap();
+            from_test.recv().unwrap();
+            to_test.send(round("after\n")).unwrap();
+        })
+    };
+    assert!(from_client.recv().unwrap(), "the long-lived connection works");
+    drop(a2);
+    let a2 = agent(&f.cells[1], 2, cp.value, &ca, &states[1], false, "nftables");
+    // Let the new agent enforce again (it replaces the table in one transaction).
+    std::thread::sleep(Duration::from_millis(1500));
+    to_client.send(()).unwrap();
+    assert!(from_client.recv().unwrap(), "the established connection survived the agent's restart");
+    client.join().unwrap();
+    server.join().unwrap();
+
     rt.block_on(store.delete(&[policy])).unwrap();
-    eventually("the deleted policy stops new connections", || !exchange(&ca_ns, &cb_ns, ip_b, 8080).0);
+    eventually("the deleted policy stops new connections", || !exchange(&ca_ns, &cb2_ns, ip_b2, 8080).0);
     drop((a1, a2, cp));
     let _ = std::fs::remove_dir_all(&pki);
 }
