@@ -221,3 +221,35 @@ pub fn connects(ns: &Netns, ip: Ipv4Addr, port: u16, timeout: std::time::Duratio
     .join()
     .unwrap_or(false)
 }
+
+/// Certificate files of a lab cell (signed by the CA the lab's control plane trusts).
+pub struct CellCert {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+}
+
+/// netagent's configuration for lab cell `i`: underlay `10.254.250.i`, the control plane's
+/// cells' API at `10.254.250.254:<port>`, health on an ephemeral loopback port.
+pub fn cell_config(
+    i: u8,
+    port: u16,
+    cert: CellCert,
+    state_dir: &std::path::Path,
+    enforcement: &str,
+    lease_poll_interval_ms: u64,
+) -> crate::config::Config {
+    crate::config::Config {
+        control_plane_url: format!("https://10.254.250.254:{port}"),
+        client_cert_file: cert.cert,
+        client_key_file: cert.key,
+        ca_file: cert.ca,
+        underlay_ip: Ipv4Addr::new(10, 254, 250, i),
+        vtep_name: "c2c-vtep".into(),
+        state_dir: state_dir.to_path_buf(),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        lease_poll_interval_ms,
+        enforcement: enforcement.to_string(),
+        ..crate::config::Config::default()
+    }
+}

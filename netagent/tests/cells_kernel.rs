@@ -7,8 +7,6 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use netagent::config::Config;
-
 mod common;
 use common::*;
 
@@ -80,19 +78,8 @@ fn agent(
 ) -> InNetns<AgentInfo> {
     // Cell certificates come from the CA the control plane trusts.
     let cert = ca.client(&format!("cell-{i}"));
-    let config = Config {
-        control_plane_url: format!("https://10.254.250.254:{port}"),
-        client_cert_file: cert.cert,
-        client_key_file: cert.key,
-        ca_file: cert.ca,
-        underlay_ip: Ipv4Addr::new(10, 254, 250, i),
-        vtep_name: "c2c-vtep".into(),
-        state_dir: state.to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        lease_poll_interval_ms: 200,
-        enforcement: enforcement.to_string(),
-        ..Config::default()
-    };
+    let cert = CellCert { cert: cert.cert, key: cert.key, ca: cert.ca };
+    let config = cell_config(i, port, cert, state, enforcement, 200);
     config.validate().unwrap();
     let path = cell.path();
     let (info_tx, info_rx) = std::sync::mpsc::channel();

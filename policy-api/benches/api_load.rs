@@ -8,7 +8,7 @@
 //! PostgreSQL comes from C2C_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/postgres);
 //! a scratch database is created and dropped.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use policy_api::Server;
 use policy_api::config::Config;
@@ -16,6 +16,10 @@ use policy_api::policy::PolicyFilter;
 use policy_client::types::{Policies, Policy, Protocol};
 use policy_client::{Client, ClientInfo};
 use sea_orm::sqlx::{self, Connection, Executor};
+
+#[path = "support/stats.rs"]
+mod stats;
+use stats::{ms, percentile};
 
 const STORED: usize = 10_000;
 const BATCH: usize = 1_000;
@@ -25,14 +29,6 @@ fn policies(tag: &str, port: i32, count: usize) -> Vec<Policy> {
     (0..count)
         .map(|i| Policy::new(&format!("src-{}-{tag}", i / 100), &format!("dst-{}", i % 100), Protocol::Tcp, port, port))
         .collect()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
 async fn run(name: &str, database_url: String) {

@@ -19,6 +19,10 @@ use policy_client::types::{Policies, Policy, Protocol};
 use policy_client::{Client, Watched, watched};
 use sea_orm::sqlx::{self, Connection, Executor};
 
+#[path = "support/stats.rs"]
+mod stats;
+use stats::{ms, percentile};
+
 const APPS: usize = 20_000;
 const PER_APP: usize = 3;
 const IDS_PER_CELL: usize = 250;
@@ -30,14 +34,6 @@ fn app(i: usize) -> String {
 
 fn cell_ids(cell: usize) -> String {
     (0..IDS_PER_CELL).map(|k| app((cell * 7919 + k * 13) % APPS)).collect::<Vec<_>>().join(",")
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
 async fn run(name: &str, database_url: String) {

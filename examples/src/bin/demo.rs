@@ -98,19 +98,8 @@ fn cell_agent(
     state: &std::path::Path,
 ) -> anyhow::Result<(Background, String)> {
     let cert = ca.client(&format!("cell-{i}"));
-    let config = netagent::config::Config {
-        control_plane_url: format!("https://10.254.250.254:{port}"),
-        client_cert_file: cert.cert,
-        client_key_file: cert.key,
-        ca_file: cert.ca,
-        underlay_ip: Ipv4Addr::new(10, 254, 250, i),
-        vtep_name: "c2c-vtep".into(),
-        state_dir: state.to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        lease_poll_interval_ms: 500,
-        enforcement: "nftables".into(),
-        ..Default::default()
-    };
+    let cert = netagent::lab::CellCert { cert: cert.cert, key: cert.key, ca: cert.ca };
+    let config = netagent::lab::cell_config(i, port, cert, state, "nftables", 500);
     config.validate()?;
     let path = cell.path();
     let (ready_tx, ready_rx) = mpsc::channel();
