@@ -123,8 +123,8 @@ impl Agent {
             &CellInfo { subnet: lease.overlay_subnet.clone(), mtu: mtu.unwrap_or(1450) },
         )?;
 
-        let policies = (config.enforcement == "nftables")
-            .then(|| crate::sync::PolicySync::new(client.clone(), config.state_dir.clone()));
+        let policies = crate::enforcement::Backend::named(&config.enforcement)
+            .map(|backend| crate::sync::PolicySync::new(client.clone(), config.state_dir.clone(), backend));
         let shared = Arc::new(Shared {
             wake: Notify::new(),
             status: Status::default(),

@@ -27,7 +27,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// How often the lease table is read and the own lease renewed.
     pub lease_poll_interval_ms: u64,
-    /// Enforcement backend: `nftables`, or `none` (no policy enforcement at all).
+    /// Enforcement backend: `nftables` (default for new cells), `iptables` (upstream's
+    /// layout), or `none` (no policy enforcement at all).
     pub enforcement: String,
     pub log_level: String,
 }
@@ -87,9 +88,9 @@ impl Config {
         if self.lease_poll_interval_ms == 0 {
             return Err(ConfigError::Invalid("lease_poll_interval_ms must be positive".into()));
         }
-        if !matches!(self.enforcement.as_str(), "none" | "nftables") {
+        if !matches!(self.enforcement.as_str(), "none" | "nftables" | "iptables") {
             return Err(ConfigError::Invalid(format!(
-                "enforcement {:?} is not available; use \"nftables\" or \"none\"",
+                "enforcement {:?} is not available; use \"nftables\", \"iptables\" or \"none\"",
                 self.enforcement
             )));
         }

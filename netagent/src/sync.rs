@@ -11,7 +11,8 @@ use policy_client::{Watched, watched};
 use tokio::sync::{Mutex, Notify};
 
 use crate::containers::ContainerStore;
-use crate::enforcement::nftables::{Applied, Enforcer};
+use crate::enforcement::Backend;
+use crate::enforcement::nftables::Applied;
 use crate::enforcement::plan::{LocalContainer, Proto, TaggedPolicy, parse_tag, plan};
 
 /// Converts the cells' API answer.
@@ -36,7 +37,7 @@ pub fn tagged(list: &policy_client::types::PolicyList) -> Vec<TaggedPolicy> {
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 struct State {
-    enforcer: Enforcer,
+    enforcer: Backend,
     policies: Vec<TaggedPolicy>,
     etag: Option<String>,
     ids: String,
@@ -50,16 +51,11 @@ pub struct PolicySync {
 }
 
 impl PolicySync {
-    pub fn new(client: policy_client::Client, state_dir: PathBuf) -> Arc<PolicySync> {
+    pub fn new(client: policy_client::Client, state_dir: PathBuf, backend: Backend) -> Arc<PolicySync> {
         Arc::new(PolicySync {
             client,
             store: ContainerStore::new(state_dir.join("containers.json")),
-            state: Mutex::new(State {
-                enforcer: Enforcer::new(),
-                policies: Vec::new(),
-                etag: None,
-                ids: String::new(),
-            }),
+            state: Mutex::new(State { enforcer: backend, policies: Vec::new(), etag: None, ids: String::new() }),
             wake: Notify::new(),
         })
     }

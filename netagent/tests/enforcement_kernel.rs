@@ -4,7 +4,8 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-use netagent::enforcement::nftables::{Applied, Enforcer};
+use netagent::enforcement::Backend;
+use netagent::enforcement::nftables::Applied;
 use netagent::enforcement::plan::{LocalContainer, Proto, Ruleset, TaggedPolicy, plan};
 use netagent::netlink::{Netlink, converge};
 use netagent::overlay::{Lease, OverlaySettings};
@@ -40,7 +41,7 @@ fn container(cell: &Netns, ctr: &Netns, ip: Ipv4Addr) {
 }
 
 /// Reconciles the cell's ruleset with its enforcer; returns the enforcer and what it did.
-fn enforce(cell: &Netns, enforcer: Enforcer, rs: Ruleset) -> (Enforcer, Applied) {
+fn enforce(cell: &Netns, enforcer: Backend, rs: Ruleset) -> (Backend, Applied) {
     cell.run(move || async move {
         let mut e = enforcer;
         let applied = e.reconcile(&rs).expect("nft applies the ruleset");
@@ -54,8 +55,24 @@ fn pol(s: &str, st: u16, d: &str, dt: u16, proto: Proto, start: u16, end: u16) -
 
 #[test]
 fn seed_scenario_with_nftables() {
-    assert!(nix::unistd::geteuid().is_root(), "needs root (CI runs as root)");
     assert!(Command::new("nft").arg("--version").output().is_ok(), "needs nft (apt-get install nftables)");
+    seed_scenario("nftables");
+}
+
+#[test]
+fn seed_scenario_with_iptables() {
+    assert!(
+        Command::new("iptables-restore").arg("--version").output().is_ok(),
+        "needs iptables (apt-get install iptables)"
+    );
+    seed_scenario("iptables");
+}
+
+fn seed_scenario(backend: &str) {
+    assert!(nix::unistd::geteuid().is_root(), "needs root (CI runs as root)");
+    let new = || Backend::named(backend).unwrap();
+    // nftables applies differences; iptables rewrites the whole chain as upstream does.
+    let incremental = if backend == "nftables" { Applied::Diff } else { Applied::Full };
     let f = fabric(2);
     let (c1, c2) = (&f.cells[0], &f.cells[1]);
     overlay(c1, 1);
@@ -76,9 +93,9 @@ fn seed_scenario_with_nftables() {
         LocalContainer { ip: ip(2, 3), app: Some("B".into()) },
     ];
     let mut policies = vec![pol("A", 1, "B", 2, Proto::Tcp, 8080, 8080), pol("A", 1, "C", 3, Proto::Udp, 5353, 5353)];
-    let (e1, applied) = enforce(c1, Enforcer::new(), plan(&policies, &cell1));
+    let (e1, applied) = enforce(c1, new(), plan(&policies, &cell1));
     assert_eq!(applied, Applied::Full);
-    let (e2, _) = enforce(c2, Enforcer::new(), plan(&policies, &cell2));
+    let (e2, _) = enforce(c2, new(), plan(&policies, &cell2));
 
     // A reaches B over TCP 8080 (across cells, and from the A on B's own cell); not over UDP.
     assert_eq!(exchange(&a1, &b, ip(2, 3), 8080), (true, false), "A→B tcp/8080 across cells only over TCP");
@@ -95,9 +112,9 @@ fn seed_scenario_with_nftables() {
     // A policy added later works at once; only the difference is applied.
     policies.push(pol("C", 3, "B", 2, Proto::Tcp, 9000, 9100));
     let (e1, applied) = enforce(c1, e1, plan(&policies, &cell1));
-    assert_eq!(applied, Applied::Diff);
+    assert_eq!(applied, incremental);
     let (e2, applied) = enforce(c2, e2, plan(&policies, &cell2));
-    assert_eq!(applied, Applied::Diff);
+    assert_eq!(applied, incremental);
     assert!(exchange(&c, &b, ip(2, 3), 9050).0, "C→B tcp/9000-9100");
     // And a removed one stops new connections.
     policies.retain(|p| p.source != "C");
@@ -105,16 +122,23 @@ fn seed_scenario_with_nftables() {
     let (e2, _) = enforce(c2, e2, plan(&policies, &cell2));
     assert!(!exchange(&c, &b, ip(2, 3), 9050).0);
 
-    // Someone deletes the table: the next reconcile puts it back whole.
-    assert!(
-        Command::new("ip")
-            .args(["netns", "exec", &c2.0, "nft", "delete", "table", "ip", "c2c"])
-            .status()
-            .unwrap()
-            .success()
-    );
+    // Someone removes our rules (the table, or the jump from FORWARD): the next reconcile
+    // puts them back whole.
+    let sabotage: &[&str] = if backend == "nftables" {
+        &["nft", "delete", "table", "ip", "c2c"]
+    } else {
+        &["iptables", "-w", "-F", "FORWARD"]
+    };
+    let mut cmd = vec!["netns", "exec", c2.0.as_str()];
+    cmd.extend_from_slice(sabotage);
+    assert!(Command::new("ip").args(&cmd).status().unwrap().success());
     let (_e2, applied) = enforce(c2, e2, plan(&policies, &cell2));
     assert_eq!(applied, Applied::Full);
     assert!(exchange(&a1, &b, ip(2, 3), 8080).0, "enforcing again after the repair");
+    if backend == "iptables" {
+        let out = Command::new("ip").args(["netns", "exec", &c2.0, "iptables", "-w", "-S"]).output().unwrap();
+        let chains = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("-N vpa--")).count();
+        assert_eq!(chains, 1, "make-before-break leaves exactly one chain");
+    }
     let _ = e1;
 }

@@ -1,5 +1,39 @@
 //! Policy enforcement: the desired ruleset as data (`plan`), and the kernel backends that
-//! install it (`nftables`).
+//! install it: `nftables` (default; per-packet cost independent of the number of policies,
+//! changes applied as differences) and `iptables` (upstream's layout, for hosts that need it).
 
+pub mod iptables;
 pub mod nftables;
 pub mod plan;
+
+use nftables::{Applied, NftError};
+
+/// The configured backend.
+#[derive(Debug)]
+pub enum Backend {
+    Nftables(nftables::Enforcer),
+    Iptables(iptables::IptablesEnforcer),
+}
+
+impl Backend {
+    /// `nftables` or `iptables`.
+    pub fn named(name: &str) -> Option<Backend> {
+        match name {
+            "nftables" => Some(Backend::Nftables(nftables::Enforcer::new())),
+            "iptables" => Some(Backend::Iptables(iptables::IptablesEnforcer::new())),
+            _ => None,
+        }
+    }
+
+    /// Brings the kernel to `desired`; `deep` also verifies every element (nftables).
+    pub fn reconcile_checked(&mut self, desired: &plan::Ruleset, deep: bool) -> Result<Applied, NftError> {
+        match self {
+            Backend::Nftables(e) => e.reconcile_checked(desired, deep),
+            Backend::Iptables(e) => e.reconcile(desired),
+        }
+    }
+
+    pub fn reconcile(&mut self, desired: &plan::Ruleset) -> Result<Applied, NftError> {
+        self.reconcile_checked(desired, false)
+    }
+}
