@@ -1,18 +1,20 @@
-//! Data-path benchmark (not a test; run as root): the nftables backend with 10k and 50k
-//! policies on a cell with 250 containers.
+//! Data-path benchmark (not a test; run as root): both enforcement backends with 0, 10k and
+//! 50k policies on a cell with 250 containers.
 //!
-//!     cargo bench -p netagent --bench dataplane
+//!     cargo bench -p netagent --bench dataplane              # both backends
+//!     cargo bench -p netagent --bench dataplane -- nftables  # one of them
 //!
 //! Measures, in throwaway namespaces: applying the full ruleset; applying one added policy
-//! with 10k installed; and through the cell (container → container, forwarded and checked
-//! against the ruleset) the TCP connect rate and bulk throughput with 0, 10k and 50k
-//! policies installed.
+//! with 10k installed (median of 20); and through the cell (container → container,
+//! forwarded and checked against the ruleset) the TCP connect rate and connect latency
+//! (new connections, which the policies decide), the round trip of a request on an
+//! established connection, and bulk throughput.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use netagent::enforcement::nftables::Enforcer;
+use netagent::enforcement::Backend;
 use netagent::enforcement::plan::{LocalContainer, Proto, Ruleset, TaggedPolicy, plan};
 use netagent::lab::Netns;
 use netagent::netlink::Netlink;
@@ -63,7 +65,8 @@ fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) 
     .unwrap()
 }
 
-fn connect_rate(client: &Netns, server: &Netns, ip: Ipv4Addr) -> f64 {
+/// New connections per second over one second, and the median connect latency.
+fn connect_rate(client: &Netns, server: &Netns, ip: Ipv4Addr) -> (f64, Duration) {
     let listener_ns = server.path();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
@@ -82,22 +85,32 @@ fn connect_rate(client: &Netns, server: &Netns, ip: Ipv4Addr) -> f64 {
     });
     ready_rx.recv().unwrap();
     let rate = in_ns(client, move || {
+        let mut latencies = Vec::new();
         let t = Instant::now();
-        let mut n = 0u64;
-        while t.elapsed() < Duration::from_secs(2) {
+        while t.elapsed() < Duration::from_secs(1) {
+            let c = Instant::now();
             if TcpStream::connect_timeout(&(ip, PORT).into(), Duration::from_secs(1)).is_ok() {
-                n += 1;
+                latencies.push(c.elapsed());
             }
         }
-        n as f64 / t.elapsed().as_secs_f64()
+        latencies.sort();
+        (
+            latencies.len() as f64 / t.elapsed().as_secs_f64(),
+            latencies.get(latencies.len() / 2).copied().unwrap_or_default(),
+        )
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     srv.join().unwrap();
     rate
 }
 
-fn throughput(client: &Netns, server: &Netns, ip: Ipv4Addr) -> f64 {
-    const BYTES: usize = 256 << 20;
+/// A server thread in `server`'s namespace that accepts one connection on `ip` and hands it
+/// to `serve`; returns once it listens.
+fn serve_one(
+    server: &Netns,
+    ip: Ipv4Addr,
+    serve: impl FnOnce(TcpStream) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
     let listener_ns = server.path();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let srv = std::thread::spawn(move || {
@@ -105,7 +118,46 @@ fn throughput(client: &Netns, server: &Netns, ip: Ipv4Addr) -> f64 {
         nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let l = TcpListener::bind((ip, PORT)).unwrap();
         ready_tx.send(()).unwrap();
-        let (mut s, _) = l.accept().unwrap();
+        let (s, _) = l.accept().unwrap();
+        serve(s);
+    });
+    ready_rx.recv().unwrap();
+    srv
+}
+
+/// The median round trip of a one-byte request and its answer on an established connection.
+fn round_trip(client: &Netns, server: &Netns, ip: Ipv4Addr) -> Duration {
+    const ROUNDS: usize = 2_000;
+    let srv = serve_one(server, ip, |mut s| {
+        s.set_nodelay(true).unwrap();
+        let mut b = [0u8; 1];
+        while s.read_exact(&mut b).is_ok() {
+            if s.write_all(&b).is_err() {
+                break;
+            }
+        }
+    });
+    let rtt = in_ns(client, move || {
+        let mut s = TcpStream::connect((ip, PORT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut b = [1u8; 1];
+        let mut samples = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            let t = Instant::now();
+            s.write_all(&b).unwrap();
+            s.read_exact(&mut b).unwrap();
+            samples.push(t.elapsed());
+        }
+        samples.sort();
+        samples[ROUNDS / 2]
+    });
+    srv.join().unwrap();
+    rtt
+}
+
+fn throughput(client: &Netns, server: &Netns, ip: Ipv4Addr) -> f64 {
+    const BYTES: usize = 128 << 20;
+    let srv = serve_one(server, ip, |mut s| {
         let mut buf = vec![0u8; 1 << 16];
         let mut total = 0;
         while total < BYTES {
@@ -116,7 +168,6 @@ fn throughput(client: &Netns, server: &Netns, ip: Ipv4Addr) -> f64 {
             total += n;
         }
     });
-    ready_rx.recv().unwrap();
     let mbps = in_ns(client, move || {
         let mut s = TcpStream::connect((ip, PORT)).unwrap();
         let buf = vec![7u8; 1 << 16];
@@ -163,18 +214,36 @@ fn main() {
     containers.push(LocalContainer { ip: ip_a, app: Some("bench-a".into()) });
     containers.push(LocalContainer { ip: ip_b, app: Some("bench-b".into()) });
 
-    println!("nftables backend, one cell, {} containers", containers.len());
+    let asked: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    for backend in ["nftables", "iptables"] {
+        if !asked.is_empty() && !asked.iter().any(|a| a == backend) {
+            continue;
+        }
+        println!("{backend} backend, one cell, {} containers", containers.len());
+        programming(&cell, backend, &containers);
+        per_packet(&cell, (&a, &b, ip_b), backend, &containers);
+        // Leave the cell clean for the next backend.
+        let _ = std::process::Command::new("ip").args(["netns", "exec", &cell.0, "nft", "flush", "ruleset"]).status();
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Installing the whole ruleset at 0, 10k and 50k policies, and changing one policy with
+/// 10k installed (added, then removed again, 10 times each: the median).
+fn programming(cell: &Netns, backend: &'static str, containers: &[LocalContainer]) {
     for n in [0usize, 10_000, 50_000] {
-        let rs = ruleset(n, &containers, None);
+        let rs = ruleset(n, containers, None);
         let allows = rs.allows.len();
         let (enforcer, full) = cell.run(move || async move {
-            let mut e = Enforcer::new();
+            let mut e = Backend::named(backend).unwrap();
             let t = Instant::now();
             e.reconcile(&rs).unwrap();
             (e, t.elapsed())
         });
-        let mut line =
-            format!("{n:>6} policies ({allows} allow entries): full apply {:>7.1} ms", full.as_secs_f64() * 1e3);
+        let mut line = format!("  {n:>6} policies ({allows:>5} allow entries): full apply {:>7.1} ms", ms(full));
         if n == 10_000 {
             let one = TaggedPolicy {
                 source: "new-src".into(),
@@ -185,17 +254,88 @@ fn main() {
                 start: 9999,
                 end: 9999,
             };
-            let rs2 = ruleset(n, &containers, Some(&one));
-            let one_added = cell.run(move || async move {
+            let with = ruleset(n, containers, Some(&one));
+            let without = ruleset(n, containers, None);
+            let mut samples = cell.run(move || async move {
                 let mut e = enforcer;
-                let t = Instant::now();
-                e.reconcile(&rs2).unwrap();
-                t.elapsed()
+                let mut samples = Vec::new();
+                for _ in 0..10 {
+                    for rs in [&with, &without] {
+                        let t = Instant::now();
+                        e.reconcile(rs).unwrap();
+                        samples.push(t.elapsed());
+                    }
+                }
+                samples
             });
-            line.push_str(&format!(", one added policy {:>5.1} ms", one_added.as_secs_f64() * 1e3));
+            samples.sort();
+            line.push_str(&format!(", one policy added or removed {:.2} ms", ms(samples[samples.len() / 2])));
         }
-        let rate = connect_rate(&a, &b, ip_b);
-        let mbps = throughput(&a, &b, ip_b);
-        println!("{line}; through the cell: {rate:>7.0} connects/s, {mbps:>6.0} MiB/s");
+        println!("{line}");
+    }
+}
+
+/// Through the cell with 0, 10k and 50k policies installed, in five interleaved rounds (a
+/// 2-core VM drifts; interleaving keeps the comparison fair): the median of each measure,
+/// and its ratio to the figure with no policies.
+fn per_packet(
+    cell: &Netns,
+    (a, b, ip_b): (&Netns, &Netns, Ipv4Addr),
+    backend: &'static str,
+    containers: &[LocalContainer],
+) {
+    const SIZES: [usize; 3] = [0, 10_000, 50_000];
+    let rulesets: Vec<Ruleset> = SIZES.iter().map(|n| ruleset(*n, containers, None)).collect();
+    let mut enforcer = Some(Backend::named(backend).unwrap());
+    // (connects/s, connect latency, round trip, MiB/s) per size.
+    let mut samples: Vec<Vec<(f64, Duration, Duration, f64)>> = vec![Vec::new(); SIZES.len()];
+    for round in 0..5 {
+        for (i, rs) in rulesets.iter().enumerate() {
+            let rs = rs.clone();
+            let e = enforcer.take().unwrap();
+            enforcer = Some(cell.run(move || async move {
+                let mut e = e;
+                e.reconcile(&rs).unwrap();
+                e
+            }));
+            // Each round opens tens of thousands of connections through the cell: let their
+            // conntrack entries go soon after they close, or the table fills up.
+            for (k, v) in [("nf_conntrack_tcp_timeout_time_wait", "1"), ("nf_conntrack_tcp_timeout_close", "1")] {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "exec", &cell.0, "sysctl", "-qw", &format!("net.netfilter.{k}={v}")])
+                    .status();
+            }
+            let (rate, latency) = connect_rate(a, b, ip_b);
+            let rtt = round_trip(a, b, ip_b);
+            let mbps = throughput(a, b, ip_b);
+            samples[i].push((rate, latency, rtt, mbps));
+        }
+        eprint!("\r  per-packet round {}/5", round + 1);
+    }
+    eprintln!();
+    fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
+        v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        v[v.len() / 2]
+    }
+    let medians: Vec<(f64, Duration, Duration, f64)> = samples
+        .into_iter()
+        .map(|s| {
+            (
+                median(s.iter().map(|x| x.0).collect()),
+                median(s.iter().map(|x| x.1).collect()),
+                median(s.iter().map(|x| x.2).collect()),
+                median(s.iter().map(|x| x.3).collect()),
+            )
+        })
+        .collect();
+    let base = medians[0];
+    for (n, (rate, latency, rtt, mbps)) in SIZES.iter().zip(&medians) {
+        println!(
+            "  {n:>6} policies, through the cell: {rate:>6.0} connects/s ({:.2}×), connect {:>4.0} µs, request round trip {:>3.0} µs, {mbps:>5.0} MiB/s ({:.2}×)",
+            rate / base.0,
+            latency.as_secs_f64() * 1e6,
+            rtt.as_secs_f64() * 1e6,
+            mbps / base.3
+        );
     }
 }

@@ -78,16 +78,30 @@ impl PolicySync {
         (containers, ids.join(","))
     }
 
-    fn enforce(state: &mut State, containers: &[LocalContainer]) {
-        Self::enforce_checked(state, containers, false)
-    }
-
-    fn enforce_checked(state: &mut State, containers: &[LocalContainer], deep: bool) {
+    /// Plans and applies; false when the kernel refused (what was there stays in force).
+    /// A failed round forgets the ETag, so the next watch request answers at once and the
+    /// change is tried again rather than at the next quiet round.
+    fn enforce(state: &mut State, containers: &[LocalContainer]) -> bool {
+        let started = std::time::Instant::now();
         let desired = plan(&state.policies, containers);
-        match state.enforcer.reconcile_checked(&desired, deep) {
-            Ok(Applied::Nothing) => {}
-            Ok(applied) => tracing::info!(?applied, allows = desired.allows.len(), "policies enforced"),
-            Err(e) => tracing::error!(error = %e, "enforcing policies failed; the previous ruleset stays"),
+        let planned = started.elapsed();
+        match state.enforcer.reconcile(&desired) {
+            Ok(Applied::Nothing) => true,
+            Ok(applied) => {
+                tracing::info!(
+                    ?applied,
+                    allows = desired.allows.len(),
+                    plan_ms = planned.as_secs_f64() * 1e3,
+                    apply_ms = (started.elapsed() - planned).as_secs_f64() * 1e3,
+                    "policies enforced"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "enforcing policies failed; the previous ruleset stays");
+                state.etag = None;
+                false
+            }
         }
     }
 
@@ -97,18 +111,24 @@ impl PolicySync {
         let (containers, ids) = self.local();
         let mut state = self.state.lock().await;
         if !ids.is_empty() {
-            match self.client.internal_policies(Some(&ids), None, None).await {
-                Ok(list) => {
-                    state.policies = tagged(&list.into_inner());
+            // A new instance of an app already here changes no policy: the server says so
+            // with a 304 and nothing is downloaded or decoded again.
+            let etag = if state.ids == ids { state.etag.clone() } else { None };
+            let started = std::time::Instant::now();
+            match watched(self.client.internal_policies(Some(&ids), None, etag.as_deref()).await) {
+                Ok(Watched::Changed { value, etag }) => {
+                    tracing::debug!(fetch_ms = started.elapsed().as_secs_f64() * 1e3, "policies fetched");
+                    state.policies = tagged(&value);
                     state.ids = ids;
-                    state.etag = None;
+                    state.etag = etag;
                 }
+                Ok(Watched::NotModified) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot fetch policies; enforcing the last known ones"),
             }
         } else {
             state.policies.clear();
         }
-        Self::enforce(&mut state, &containers);
+        let _ = Self::enforce(&mut state, &containers);
         self.wake.notify_one();
     }
 
@@ -126,7 +146,7 @@ impl PolicySync {
                 state.etag.clone()
             };
             if ids.is_empty() {
-                Self::enforce(&mut *self.state.lock().await, &containers);
+                let _ = Self::enforce(&mut *self.state.lock().await, &containers);
                 tokio::select! {
                     _ = self.wake.notified() => continue,
                     _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
@@ -137,16 +157,32 @@ impl PolicySync {
             tokio::select! {
                 r = request => match watched(r) {
                     Ok(Watched::Changed { value, etag }) => {
-                        backoff = Duration::from_millis(200);
+                        // The containers may have changed during the wait: enforce for
+                        // those there are now, and when their apps changed, this answer is
+                        // for the wrong apps: ask again at once.
+                        let (containers, now) = self.local();
+                        if now != ids {
+                            continue;
+                        }
                         let polling = etag.is_none();
-                        {
+                        let enforced = {
                             let mut state = self.state.lock().await;
                             state.policies = tagged(&value);
                             state.etag = etag;
-                            Self::enforce(&mut state, &containers);
-                        }
+                            Self::enforce(&mut state, &containers)
+                        };
                         // A server without the watch (upstream's) answers at once and sends
-                        // no ETag: poll it at upstream's pace instead of hammering it.
+                        // no ETag: poll it at upstream's pace instead of hammering it. After
+                        // a failed enforcement, wait a little before trying again.
+                        if !enforced {
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = stopped.changed() => return,
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            continue;
+                        }
+                        backoff = Duration::from_millis(200);
                         if polling {
                             tokio::select! {
                                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
@@ -156,9 +192,11 @@ impl PolicySync {
                         }
                     }
                     Ok(Watched::NotModified) => {
-                        backoff = Duration::from_millis(200);
-                        // A quiet round: check every element in the kernel (drift repair).
-                        Self::enforce_checked(&mut *self.state.lock().await, &containers, true);
+                        // A quiet round: repair whatever someone else changed in the kernel.
+                        let (containers, _) = self.local();
+                        if Self::enforce(&mut *self.state.lock().await, &containers) {
+                            backoff = Duration::from_millis(200);
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in = ?backoff, "policy watch failed; enforcing the last known policies");

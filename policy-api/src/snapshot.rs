@@ -1,12 +1,14 @@
 //! The in-memory, versioned view of everything cells ask for (policies with tags, ASGs,
 //! discovery registrations). Cells are answered from it, never from SQL per request.
 //!
-//! A loader keeps it current: it wakes at once after a local write and otherwise checks the
+//! A local policy write is applied to it directly from what the write changed (when it is
+//! the only write since the snapshot's version), so cells see it without a reload. A loader
+//! keeps it current otherwise: it wakes at once after other local writes and checks the
 //! database's version counters every `poll_interval`, so changes made through another
 //! replica are seen within that interval (1 s by default) plus one reload. Each version is
 //! published through a `watch` channel, which is also what wakes long-polling cells.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +19,8 @@ use tokio::sync::{Notify, watch};
 use crate::asgs::SecurityGroup;
 use crate::discovery;
 use crate::mapper;
-use crate::policy::TaggedPolicy;
-use crate::store::{Store, StoreError, Versions};
+use crate::policy::{Policy, TaggedPolicy};
+use crate::store::{PolicyChange, Store, StoreError, Versions, Written};
 
 /// An answer with its entity tag (a hash of the body, so an unchanged answer keeps its tag
 /// across versions and watchers are not woken for changes that do not concern them).
@@ -203,8 +205,61 @@ impl Snapshots {
         let next = load(store, versions, Some(&current)).await?;
         metrics::histogram!("c2c_snapshot_load_seconds").record(started.elapsed().as_secs_f64());
         metrics::gauge!("c2c_snapshot_policies").set(next.policies.len() as f64);
-        self.tx.send_replace(Arc::new(next));
+        // A local write may have published a newer snapshot while this one was loading:
+        // never go back; look again instead.
+        let mut next = Some(Arc::new(next));
+        let published = self.tx.send_if_modified(|cur| {
+            let newer = next.as_ref().is_some_and(|n| not_older(&n.versions, &cur.versions));
+            if newer {
+                *cur = next.take().expect("once");
+            }
+            newer
+        });
+        if !published {
+            self.changed();
+        }
         Ok(())
+    }
+
+    /// Publishes a local policy write at once, from what it changed (no reading back), when
+    /// it is the only write since the current snapshot; otherwise the loader reads again.
+    /// This is what takes a new policy to the cells' watches within milliseconds.
+    pub fn written(&self, written: &Written) {
+        let current = self.current();
+        if current.versions.policies + 1 != written.version {
+            self.changed();
+            return;
+        }
+        let policies = match &written.change {
+            PolicyChange::Created(created) => {
+                let known: HashSet<&Policy> = current.policies.iter().map(|t| &t.policy).collect();
+                let mut seen = HashSet::new();
+                let fresh: Vec<TaggedPolicy> =
+                    created.iter().filter(|t| !known.contains(&t.policy) && seen.insert(&t.policy)).cloned().collect();
+                let mut all = current.policies.clone();
+                all.extend(fresh);
+                all
+            }
+            PolicyChange::Deleted(deleted) => {
+                let gone: HashSet<&Policy> = deleted.iter().collect();
+                current.policies.iter().filter(|t| !gone.contains(&t.policy)).cloned().collect()
+            }
+        };
+        let versions =
+            Versions { policies: written.version, last_updated_ns: written.last_updated_ns, ..current.versions };
+        let next = Snapshot::new(versions, policies, current.security_groups.clone(), current.registrations.clone());
+        metrics::gauge!("c2c_snapshot_policies").set(next.policies.len() as f64);
+        let mut next = Some(Arc::new(next));
+        let published = self.tx.send_if_modified(|cur| {
+            let same = Arc::ptr_eq(cur, &current);
+            if same {
+                *cur = next.take().expect("once");
+            }
+            same
+        });
+        if !published {
+            self.changed();
+        }
     }
 
     /// Asks the loader to look now (after a local write).
@@ -220,6 +275,11 @@ impl Snapshots {
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.rx.clone()
     }
+}
+
+/// Whether `a` is at least as new as `b` in every part.
+fn not_older(a: &Versions, b: &Versions) -> bool {
+    a.policies >= b.policies && a.asgs >= b.asgs && a.discovery >= b.discovery
 }
 
 /// Waits until `answer(snapshot)` has an entity tag other than `etag`, or `wait` passes.

@@ -3,6 +3,7 @@
 //! changes applied as differences) and `iptables` (upstream's layout, for hosts that need it).
 
 pub mod iptables;
+pub mod nf_netlink;
 pub mod nftables;
 pub mod plan;
 
@@ -25,15 +26,11 @@ impl Backend {
         }
     }
 
-    /// Brings the kernel to `desired`; `deep` also verifies every element (nftables).
-    pub fn reconcile_checked(&mut self, desired: &plan::Ruleset, deep: bool) -> Result<Applied, NftError> {
+    /// Brings the kernel to `desired`, repairing whatever someone else changed.
+    pub fn reconcile(&mut self, desired: &plan::Ruleset) -> Result<Applied, NftError> {
         match self {
-            Backend::Nftables(e) => e.reconcile_checked(desired, deep),
+            Backend::Nftables(e) => e.reconcile(desired),
             Backend::Iptables(e) => e.reconcile(desired),
         }
-    }
-
-    pub fn reconcile(&mut self, desired: &plan::Ruleset) -> Result<Applied, NftError> {
-        self.reconcile_checked(desired, false)
     }
 }

@@ -94,11 +94,11 @@ pub async fn create_policies(
             return Err(ApiError::forbidden("policy quota exceeded"));
         }
     }
-    state.store.create(&policies).await.map_err(|e| {
+    let written = state.store.create(&policies).await.map_err(|e| {
         tracing::error!(error = %e, "database create failed");
         ApiError::internal("database create failed")
     })?;
-    state.snapshots.changed();
+    state.snapshots.written(&written);
     tracing::info!(policies = policies.len(), userName = caller.display_name(), "created-policies");
     tracing::debug!(policies = ?policies, "created-policies");
     Ok(empty_ok())
@@ -113,11 +113,11 @@ pub async fn delete_policies(
     let bytes = read_body(body, "invalid request body").await?;
     let policies = mapper::policies_from_body(&bytes, version).map_err(|e| ApiError::bad_request(e.to_string()))?;
     guard(&state, &caller, &policies).await?;
-    state.store.delete(&policies).await.map_err(|e| {
+    let written = state.store.delete(&policies).await.map_err(|e| {
         tracing::error!(error = %e, "database delete failed");
         ApiError::internal("database delete failed")
     })?;
-    state.snapshots.changed();
+    state.snapshots.written(&written);
     tracing::info!(policies = policies.len(), userName = caller.display_name(), "deleted-policies");
     tracing::debug!(policies = ?policies, "deleted-policies");
     Ok(empty_ok())

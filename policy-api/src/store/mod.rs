@@ -261,30 +261,34 @@ impl Store {
     }
 
     /// Creates the policies that do not exist yet, all in one transaction.
-    pub async fn create(&self, policies: &[Policy]) -> Result<(), StoreError> {
+    pub async fn create(&self, policies: &[Policy]) -> Result<Written, StoreError> {
         self.retrying("create", || async {
             let txn = self.db.begin().await?;
             bump(&txn).await?;
-            self.create_in(&txn, policies).await?;
+            let tagged = self.create_in(&txn, policies).await?;
+            let (version, last_updated_ns) = version_in(&txn).await?;
             txn.commit().await?;
-            Ok(())
+            Ok(Written { version, last_updated_ns, change: PolicyChange::Created(tagged) })
         })
         .await
     }
 
     /// Deletes the policies that exist, all in one transaction; frees tags no policy uses.
-    pub async fn delete(&self, policies: &[Policy]) -> Result<(), StoreError> {
+    pub async fn delete(&self, policies: &[Policy]) -> Result<Written, StoreError> {
         self.retrying("delete", || async {
             let txn = self.db.begin().await?;
             bump(&txn).await?;
             delete_in(&txn, policies).await?;
+            let (version, last_updated_ns) = version_in(&txn).await?;
             txn.commit().await?;
-            Ok(())
+            Ok(Written { version, last_updated_ns, change: PolicyChange::Deleted(policies.to_vec()) })
         })
         .await
     }
 
-    async fn create_in(&self, txn: &DatabaseTransaction, policies: &[Policy]) -> Result<(), StoreError> {
+    /// Returns the policies asked for with their tags, in the order their rows were
+    /// inserted (those that already existed included).
+    async fn create_in(&self, txn: &DatabaseTransaction, policies: &[Policy]) -> Result<Vec<TaggedPolicy>, StoreError> {
         // Allocation order is upstream's: for each policy, source then destination.
         let mut order: Vec<&str> = Vec::new();
         let mut seen: HashSet<&str> = HashSet::new();
@@ -367,14 +371,14 @@ impl Store {
         let dest_groups: BTreeSet<i32> = wanted.iter().map(|w| w.0).collect();
         let dest_ids = destination_ids(txn, &dest_groups).await?;
 
-        let pairs: BTreeSet<(i32, i32)> = policies
+        let by_pair: BTreeMap<(i32, i32), &Policy> = policies
             .iter()
             .map(|p| {
                 let key = (ids[&p.destination], i32::from(p.start), i32::from(p.end), p.protocol.as_str().to_string());
-                (ids[&p.source], dest_ids[&key])
+                ((ids[&p.source], dest_ids[&key]), p)
             })
             .collect();
-        let pairs: Vec<_> = pairs.into_iter().collect();
+        let pairs: Vec<(i32, i32)> = by_pair.keys().copied().collect();
         for chunk in pairs.chunks(CHUNK) {
             let mut insert = Query::insert();
             insert
@@ -390,7 +394,14 @@ impl Store {
             }
             txn.execute(&insert).await?;
         }
-        Ok(())
+        Ok(by_pair
+            .values()
+            .map(|p| TaggedPolicy {
+                policy: (*p).clone(),
+                source_tag: format_tag(i64::from(ids[&p.source]), self.tag_length),
+                destination_tag: format_tag(i64::from(ids[&p.destination]), self.tag_length),
+            })
+            .collect())
     }
 
     /// Policies matching `filter`, with tags, in creation order.
@@ -594,16 +605,37 @@ impl Store {
 
     /// The write version and the time of the last write (Unix nanoseconds).
     pub async fn version(&self) -> Result<(i64, i64), StoreError> {
-        let stmt = Query::select()
-            .columns([policies_info::Column::Version, policies_info::Column::LastUpdatedNs])
-            .from(policies_info::Entity)
-            .and_where(Expr::col(policies_info::Column::Id).eq(1))
-            .to_owned();
-        let row = self.db.query_one(&stmt).await?;
-        match row {
-            Some(r) => Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)),
-            None => Ok((0, 0)),
-        }
+        version_in(&self.db).await
+    }
+}
+
+/// What a committed policy write changed, so the in-memory snapshot can follow it without
+/// reading every policy back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The write version this transaction produced (the one before it plus one).
+    pub version: i64,
+    pub last_updated_ns: i64,
+    pub change: PolicyChange,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// The policies asked for with their tags, in row order (some may have existed).
+    Created(Vec<TaggedPolicy>),
+    /// The policies asked to be deleted (some may not have existed).
+    Deleted(Vec<Policy>),
+}
+
+async fn version_in<C: ConnectionTrait>(db: &C) -> Result<(i64, i64), StoreError> {
+    let stmt = Query::select()
+        .columns([policies_info::Column::Version, policies_info::Column::LastUpdatedNs])
+        .from(policies_info::Entity)
+        .and_where(Expr::col(policies_info::Column::Id).eq(1))
+        .to_owned();
+    match db.query_one(&stmt).await? {
+        Some(r) => Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)),
+        None => Ok((0, 0)),
     }
 }
 

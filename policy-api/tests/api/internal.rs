@@ -383,3 +383,50 @@ async fn every_internal_route_is_routed() {
         assert_eq!(resp.headers()["strict-transport-security"], "max-age=31536000");
     }
 }
+
+/// A local write reaches the snapshot from what it changed, without reading every policy
+/// back, and the result is exactly what a reload gives; a write through another replica in
+/// between makes it read everything again instead.
+pub async fn local_writes_publish_what_a_reload_would(backend: Backend) {
+    use policy_api::policy::{Policy as StoredPolicy, PolicyFilter, Protocol as StoredProtocol};
+    use policy_api::snapshot::Snapshots;
+    use policy_api::store::{Store, StoreOptions};
+
+    let db = crate::harness::TestDb::create(backend).await;
+    let store = Store::connect(&db.url, &StoreOptions::default()).await.unwrap();
+    // The loader only runs when asked: what the test sees comes from `written`.
+    let (snapshots, loader) = Snapshots::start(store.clone(), Duration::from_secs(3600)).await.unwrap();
+    let sp = |s: &str, d: &str, port: u16| StoredPolicy::new(s, d, StoredProtocol::Tcp, port, port);
+    let same_as_reload = |what: &'static str| {
+        let (store, snapshots) = (store.clone(), snapshots.clone());
+        async move {
+            let current = snapshots.current();
+            assert_eq!(current.versions, store.versions().await.unwrap(), "{what}: versions");
+            assert_eq!(current.policies, store.list(&PolicyFilter::All).await.unwrap(), "{what}: policies");
+        }
+    };
+
+    let w = store.create(&[sp("a", "b", 80), sp("a", "c", 81), sp("a", "b", 80)]).await.unwrap();
+    snapshots.written(&w);
+    same_as_reload("first create").await;
+    // Partly known already, with new apps and therefore new tags.
+    let w = store.create(&[sp("a", "b", 80), sp("d", "a", 82), sp("e", "f", 83)]).await.unwrap();
+    snapshots.written(&w);
+    same_as_reload("overlapping create").await;
+    let w = store.delete(&[sp("a", "c", 81), sp("x", "y", 1)]).await.unwrap();
+    snapshots.written(&w);
+    same_as_reload("delete").await;
+    assert_eq!(snapshots.current().policies.len(), 3);
+
+    // Another replica writes; then this one: the snapshot must not skip the other write.
+    store.create(&[sp("other", "replica", 90)]).await.unwrap();
+    let w = store.create(&[sp("g", "h", 91)]).await.unwrap();
+    snapshots.written(&w);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while snapshots.current().policies.len() != 5 {
+        assert!(Instant::now() < deadline, "the loader did not read the other replica's write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    same_as_reload("after another replica's write").await;
+    loader.abort();
+}

@@ -28,6 +28,7 @@ for_backends!(
     leases_like_silk,
     lease_races_across_replicas,
     discovery_registrations,
+    local_writes_publish_what_a_reload_would,
     create_list_and_idempotence,
     v0_create_and_delete_match_v1,
     filters,

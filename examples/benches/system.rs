@@ -1,0 +1,179 @@
+//! The whole system under load (not a test; run as root):
+//!
+//!     cargo bench -p examples --bench system                 # both backends
+//!     cargo bench -p examples --bench system -- nftables     # one of them
+//!
+//! Builds the lab of the demo (a control plane, two cells running netagent, containers wired
+//! by the CNI plugin) and, with 10,000 policies towards the apps on cell 2, measures for each
+//! enforcement backend:
+//!
+//! - convergence: from the API's answer to a new policy (A on cell 1 → B on cell 2) to the
+//!   first TCP connection it allows, and from the answer to its deletion to the first
+//!   connection refused; 100 tries each;
+//! - CNI ADD on cell 2 (the plugin's own code against the agent, which fetches the cell's
+//!   10,000 policies and enforces them before answering); 20 tries;
+//! - the CPU time cell 2's agent uses over a minute in which nothing changes.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use examples::system::{CellAgent, ControlPlane, TempDir, clean_up_on_signal, remove_namespaces, thread_cpu};
+use netagent::lab::{Netns, TcpServer, attach, connects, fabric};
+use policy_client::types::{Policy, Protocol};
+
+#[path = "../../policy-api/benches/support/stats.rs"]
+mod stats;
+use stats::{ms, percentile};
+
+const PORT: u16 = 8080;
+const POLICIES: usize = 10_000;
+const DESTINATIONS: usize = 5;
+/// Tries, CNI ADDs and the idle period; `C2C_BENCH_QUICK=1` makes a short run for trying
+/// the benchmark out.
+fn sizes() -> (usize, usize, Duration) {
+    if std::env::var_os("C2C_BENCH_QUICK").is_some() {
+        (10, 5, Duration::from_secs(5))
+    } else {
+        (100, 20, Duration::from_secs(60))
+    }
+}
+
+/// 10,000 policies from 2,000 source apps to the `DESTINATIONS` apps on cell 2, distinct by
+/// port, half TCP and half UDP.
+fn seed_policies() -> Vec<Policy> {
+    (0..POLICIES)
+        .map(|i| {
+            let port = 1000 + (i / DESTINATIONS) as i32;
+            let proto = if i % 2 == 0 { Protocol::Tcp } else { Protocol::Udp };
+            Policy::new(&format!("src-{}", i % 2000), &format!("dst-{}", i % DESTINATIONS), proto, port, port)
+        })
+        .collect()
+}
+
+/// Waits until `want` holds, trying every few milliseconds; the time it took.
+fn until(limit: Duration, mut want: impl FnMut() -> bool) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    while !want() {
+        if t.elapsed() > limit {
+            bail!("nothing changed within {limit:?}");
+        }
+    }
+    Ok(t.elapsed())
+}
+
+fn summary(name: &str, mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    format!(
+        "{name}: p50 {}, p99 {}, max {} ({} tries)",
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.99)),
+        ms(*samples.last().unwrap_or(&Duration::ZERO)),
+        samples.len()
+    )
+}
+
+fn run(backend: &str) -> anyhow::Result<Vec<String>> {
+    let (tries, adds_wanted, idle) = sizes();
+    let tmp = TempDir::new(&format!("c2c-bench-{backend}"))?;
+    let dir = tmp.0.clone();
+    let f = fabric(2);
+    let ctl = Netns::new("ctl");
+    attach(&f.switch, &ctl, 254);
+    let ca = testkit::pki::TestCa::new(&dir, "ca");
+    let cp = ControlPlane::start(&ctl, &ca, &dir)?;
+    let (cell1, cell2) = (&f.cells[0], &f.cells[1]);
+    let agent1 = CellAgent::start(cell1, 1, cp.port, &ca, &dir.join("cell1"), backend)?;
+    let agent2 = CellAgent::start(cell2, 2, cp.port, &ca, &dir.join("cell2"), backend)?;
+
+    // The destination apps on cell 2, then their 10,000 policies.
+    let mut keep = Vec::new();
+    for k in 0..DESTINATIONS {
+        let ctr = Netns::new(&format!("dst{k}"));
+        agent2.add(cell2, &format!("dst-{k}"), &ctr, &format!("dst-{k}"))?;
+        keep.push(ctr);
+    }
+    let seed = seed_policies();
+    for (n, chunk) in seed.chunks(1000).enumerate() {
+        cp.create(chunk.to_vec()).context("seeding policies")?;
+        eprint!("\r   {backend}: {} of {POLICIES} policies created", (n + 1) * 1000);
+    }
+    eprintln!();
+
+    // The measured pair: A on cell 1, B (listening) on cell 2.
+    let (a, b) = (Netns::new("a"), Netns::new("b"));
+    agent1.add(cell1, "a", &a, "bench-a")?;
+    let ip_b: Ipv4Addr = agent2.add(cell2, "b", &b, "bench-b")?;
+    let _server = TcpServer::start(&b, ip_b, PORT);
+    let probe = || vec![Policy::new("bench-a", "bench-b", Protocol::Tcp, i32::from(PORT), i32::from(PORT))];
+    let (mut allow, mut revoke) = (Vec::new(), Vec::new());
+    for i in 0..tries {
+        cp.create(probe())?;
+        allow.push(until(Duration::from_secs(30), || connects(&a, ip_b, PORT, Duration::from_millis(5)))?);
+        cp.delete(probe())?;
+        revoke.push(until(Duration::from_secs(30), || !connects(&a, ip_b, PORT, Duration::from_millis(5)))?);
+        eprint!("\r   {backend}: convergence {}/{tries}", i + 1);
+    }
+    eprintln!();
+
+    let mut adds = Vec::new();
+    for i in 0..adds_wanted {
+        let ctr = Netns::new("new");
+        let name = format!("new-{i}");
+        let app = format!("dst-{}", i % DESTINATIONS);
+        let t = Instant::now();
+        agent2.add(cell2, &name, &ctr, &app)?;
+        adds.push(t.elapsed());
+        agent2.del(cell2, &name, &ctr, &app)?;
+    }
+
+    eprintln!("   {backend}: measuring the agent's CPU over {idle:?} with nothing changing");
+    let cpu = thread_cpu(&agent2.thread_name);
+    std::thread::sleep(idle);
+    let cpu = thread_cpu(&agent2.thread_name) - cpu;
+
+    Ok(vec![
+        summary("convergence, API answer → first allowed connection", allow),
+        summary("removal, API answer → first refused connection", revoke),
+        summary(&format!("CNI ADD with {POLICIES} policies on the cell"), adds),
+        format!(
+            "agent CPU over {}s with {POLICIES} policies and no change: {:.2} s ({:.3}% of a core)",
+            idle.as_secs(),
+            cpu.as_secs_f64(),
+            100.0 * cpu.as_secs_f64() / idle.as_secs_f64()
+        ),
+    ])
+}
+
+fn main() -> std::process::ExitCode {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("the system benchmark builds network namespaces: run it as root");
+        return std::process::ExitCode::from(2);
+    }
+    let pid = std::process::id();
+    // Warnings from the parts under test (RUST_LOG=info shows what each reconcile did).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    clean_up_on_signal(
+        ["nftables", "iptables"].map(|b| std::env::temp_dir().join(format!("c2c-bench-{b}-{pid}"))).to_vec(),
+    );
+    let asked: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let mut failed = false;
+    for backend in ["nftables", "iptables"] {
+        if !asked.is_empty() && !asked.iter().any(|a| a == backend) {
+            continue;
+        }
+        println!("== {backend} backend, two cells, {POLICIES} policies towards cell 2");
+        match run(backend) {
+            Ok(lines) => lines.iter().for_each(|l| println!("   {l}")),
+            Err(e) => {
+                eprintln!("   {backend}: failed: {e:#}");
+                failed = true;
+            }
+        }
+        remove_namespaces();
+    }
+    if failed { std::process::ExitCode::from(1) } else { std::process::ExitCode::SUCCESS }
+}
