@@ -9,7 +9,8 @@
 //!
 //! - convergence: from the API's answer to a new policy (A on cell 1 → B on cell 2) to the
 //!   first TCP connection it allows, and from the answer to its deletion to the first
-//!   connection refused; 100 tries each;
+//!   connection refused; 100 tries each, each from a settled state (both cells' agents
+//!   report the policies they hold in their metrics);
 //! - CNI ADD on cell 2 (the plugin's own code against the agent, which fetches the cell's
 //!   10,000 policies and enforces them before answering); 20 tries;
 //! - the CPU time cell 2's agent uses over a minute in which nothing changes.
@@ -62,11 +63,19 @@ fn until(limit: Duration, mut want: impl FnMut() -> bool) -> anyhow::Result<Dura
     Ok(t.elapsed())
 }
 
+/// Waits until `agent` has enforced exactly `policies` policies.
+fn settle(agent: &CellAgent, cell: &Netns, policies: f64) -> anyhow::Result<()> {
+    until(Duration::from_secs(30), || agent.metric(cell, "c2c_netagent_policies ") == Some(policies))
+        .map(|_| ())
+        .context("a cell never applied the removal")
+}
+
 fn summary(name: &str, mut samples: Vec<Duration>) -> String {
     samples.sort();
     format!(
-        "{name}: p50 {}, p99 {}, max {} ({} tries)",
+        "{name}: p50 {}, p90 {}, p99 {}, max {} ({} tries)",
         ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.9)),
         ms(percentile(&samples, 0.99)),
         ms(*samples.last().unwrap_or(&Duration::ZERO)),
         samples.len()
@@ -83,8 +92,10 @@ fn run(backend: &str) -> anyhow::Result<Vec<String>> {
     let ca = testkit::pki::TestCa::new(&dir, "ca");
     let cp = ControlPlane::start(&ctl, &ca, &dir)?;
     let (cell1, cell2) = (&f.cells[0], &f.cells[1]);
-    let agent1 = CellAgent::start(cell1, 1, cp.port, &ca, &dir.join("cell1"), backend)?;
-    let agent2 = CellAgent::start(cell2, 2, cp.port, &ca, &dir.join("cell2"), backend)?;
+    // netagent's default settings, as a cell runs them in production.
+    let poll = netagent::config::Config::default().lease_poll_interval_ms;
+    let agent1 = CellAgent::start(cell1, 1, cp.port, &ca, &dir.join("cell1"), backend, poll)?;
+    let agent2 = CellAgent::start(cell2, 2, cp.port, &ca, &dir.join("cell2"), backend, poll)?;
 
     // The destination apps on cell 2, then their 10,000 policies.
     let mut keep = Vec::new();
@@ -106,12 +117,25 @@ fn run(backend: &str) -> anyhow::Result<Vec<String>> {
     let ip_b: Ipv4Addr = agent2.add(cell2, "b", &b, "bench-b")?;
     let _server = TcpServer::start(&b, ip_b, PORT);
     let probe = || vec![Policy::new("bench-a", "bench-b", Protocol::Tcp, i32::from(PORT), i32::from(PORT))];
+    // Warm up: the cells find each other on the overlay (within one lease poll), the
+    // connections and caches on the way are made.
+    cp.create(probe())?;
+    until(Duration::from_secs(30), || connects(&a, ip_b, PORT, Duration::from_millis(5)))?;
+    cp.delete(probe())?;
+    until(Duration::from_secs(30), || !connects(&a, ip_b, PORT, Duration::from_millis(5)))?;
+    settle(&agent1, cell1, 0.0)?;
+    settle(&agent2, cell2, POLICIES as f64)?;
     let (mut allow, mut revoke) = (Vec::new(), Vec::new());
     for i in 0..tries {
         cp.create(probe())?;
         allow.push(until(Duration::from_secs(30), || connects(&a, ip_b, PORT, Duration::from_millis(5)))?);
         cp.delete(probe())?;
         revoke.push(until(Duration::from_secs(30), || !connects(&a, ip_b, PORT, Duration::from_millis(5)))?);
+        // One cell refusing is enough to refuse; wait until both have applied the removal,
+        // so that the next try starts from a settled state (an iptables rewrite of cell 2
+        // takes a good part of a second).
+        settle(&agent1, cell1, 0.0)?;
+        settle(&agent2, cell2, POLICIES as f64)?;
         eprint!("\r   {backend}: convergence {}/{tries}", i + 1);
     }
     eprintln!();

@@ -131,10 +131,11 @@ impl CellAgent {
         ca: &testkit::pki::TestCa,
         state: &std::path::Path,
         enforcement: &str,
+        lease_poll_interval_ms: u64,
     ) -> anyhow::Result<CellAgent> {
         let cert = ca.client(&format!("cell-{i}"));
         let cert = netagent::lab::CellCert { cert: cert.cert, key: cert.key, ca: cert.ca };
-        let config = netagent::lab::cell_config(i, port, cert, state, enforcement, 500);
+        let config = netagent::lab::cell_config(i, port, cert, state, enforcement, lease_poll_interval_ms);
         config.validate()?;
         let path = cell.path();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -192,6 +193,14 @@ impl CellAgent {
         let result = result.map_err(|e| anyhow::anyhow!("CNI ADD for {name}: {}", e.to_json()))?;
         let v: serde_json::Value = serde_json::from_str(&result)?;
         Ok(v["ips"][0]["address"].as_str().unwrap_or("").trim_end_matches("/32").parse()?)
+    }
+
+    /// A value from the agent's `/metrics` (the first sample whose line starts with `name`).
+    pub fn metric(&self, cell: &Netns, name: &str) -> Option<f64> {
+        let url = format!("{}/metrics", self.url);
+        let text = cell.run(move || async move { reqwest::get(url).await.ok()?.text().await.ok() })?;
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        line.rsplit(' ').next()?.parse().ok()
     }
 
     /// CNI DEL of that container.

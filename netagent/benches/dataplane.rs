@@ -275,9 +275,9 @@ fn programming(cell: &Netns, backend: &'static str, containers: &[LocalContainer
     }
 }
 
-/// Through the cell with 0, 10k and 50k policies installed, in five interleaved rounds (a
-/// 2-core VM drifts; interleaving keeps the comparison fair): the median of each measure,
-/// and its ratio to the figure with no policies.
+/// Through the cell with 0, 10k and 50k policies installed, in seven interleaved rounds (a
+/// 2-core VM drifts; interleaving keeps the comparison fair): the best rate and throughput
+/// and the median latencies of each size, and the ratios to the figures with no policies.
 fn per_packet(
     cell: &Netns,
     (a, b, ip_b): (&Netns, &Netns, Ipv4Addr),
@@ -285,13 +285,16 @@ fn per_packet(
     containers: &[LocalContainer],
 ) {
     const SIZES: [usize; 3] = [0, 10_000, 50_000];
+    const ROUNDS: usize = 7;
     let rulesets: Vec<Ruleset> = SIZES.iter().map(|n| ruleset(*n, containers, None)).collect();
     let mut enforcer = Some(Backend::named(backend).unwrap());
     // (connects/s, connect latency, round trip, MiB/s) per size.
     let mut samples: Vec<Vec<(f64, Duration, Duration, f64)>> = vec![Vec::new(); SIZES.len()];
-    for round in 0..5 {
-        for (i, rs) in rulesets.iter().enumerate() {
-            let rs = rs.clone();
+    for round in 0..ROUNDS {
+        // Each round starts with another size, so no size is always measured first or last.
+        for k in 0..SIZES.len() {
+            let i = (k + round) % SIZES.len();
+            let rs = rulesets[i].clone();
             let e = enforcer.take().unwrap();
             enforcer = Some(cell.run(move || async move {
                 let mut e = e;
@@ -310,21 +313,26 @@ fn per_packet(
             let mbps = throughput(a, b, ip_b);
             samples[i].push((rate, latency, rtt, mbps));
         }
-        eprint!("\r  per-packet round {}/5", round + 1);
+        eprint!("\r  per-packet round {}/{ROUNDS}", round + 1);
     }
     eprintln!();
     fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
         v.sort_by(|x, y| x.partial_cmp(y).unwrap());
         v[v.len() / 2]
     }
+    fn best(v: impl Iterator<Item = f64>) -> f64 {
+        v.fold(0.0, f64::max)
+    }
+    // Rates: the best round (the one least disturbed by everything else sharing two cores is
+    // the closest to what the data path itself allows); latencies: the median.
     let medians: Vec<(f64, Duration, Duration, f64)> = samples
         .into_iter()
         .map(|s| {
             (
-                median(s.iter().map(|x| x.0).collect()),
+                best(s.iter().map(|x| x.0)),
                 median(s.iter().map(|x| x.1).collect()),
                 median(s.iter().map(|x| x.2).collect()),
-                median(s.iter().map(|x| x.3).collect()),
+                best(s.iter().map(|x| x.3)),
             )
         })
         .collect();

@@ -160,6 +160,9 @@ impl Agent {
             .with_state(shared.clone());
         let mut stopped_http = stopped.clone();
         tasks.push(tokio::spawn(async move {
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
                     let _ = stopped_http.changed().await;
@@ -231,9 +234,18 @@ async fn reconcile(State(shared): State<Arc<Shared>>) -> StatusCode {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> String {
     let s = &shared.status;
-    format!(
-        "# TYPE c2c_netagent_converges_total counter\nc2c_netagent_converges_total {}\n# TYPE c2c_netagent_renew_failures_total counter\nc2c_netagent_renew_failures_total {}\n",
+    let mut out = format!(
+        "# HELP c2c_netagent_converges_total Overlay convergence cycles completed.\n\
+         # TYPE c2c_netagent_converges_total counter\n\
+         c2c_netagent_converges_total {}\n\
+         # HELP c2c_netagent_renew_failures_total Lease renewals that failed.\n\
+         # TYPE c2c_netagent_renew_failures_total counter\n\
+         c2c_netagent_renew_failures_total {}\n",
         s.converges.load(Ordering::Relaxed),
         s.renew_failures.load(Ordering::Relaxed)
-    )
+    );
+    if let Some(p) = &shared.policies {
+        out.push_str(&p.metrics());
+    }
+    out
 }

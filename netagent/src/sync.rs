@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use policy_client::{Watched, watched};
@@ -48,6 +49,18 @@ pub struct PolicySync {
     store: ContainerStore,
     state: Mutex<State>,
     pub wake: Notify,
+    stats: Stats,
+}
+
+/// What enforcement has done, for `/metrics`.
+#[derive(Debug, Default)]
+struct Stats {
+    diffs: AtomicU64,
+    full: AtomicU64,
+    errors: AtomicU64,
+    policies: AtomicU64,
+    allow_entries: AtomicU64,
+    last_apply_us: AtomicU64,
 }
 
 impl PolicySync {
@@ -57,6 +70,7 @@ impl PolicySync {
             store: ContainerStore::new(state_dir.join("containers.json")),
             state: Mutex::new(State { enforcer: backend, policies: Vec::new(), etag: None, ids: String::new() }),
             wake: Notify::new(),
+            stats: Stats::default(),
         })
     }
 
@@ -81,28 +95,67 @@ impl PolicySync {
     /// Plans and applies; false when the kernel refused (what was there stays in force).
     /// A failed round forgets the ETag, so the next watch request answers at once and the
     /// change is tried again rather than at the next quiet round.
-    fn enforce(state: &mut State, containers: &[LocalContainer]) -> bool {
+    fn enforce(&self, state: &mut State, containers: &[LocalContainer]) -> bool {
         let started = std::time::Instant::now();
         let desired = plan(&state.policies, containers);
         let planned = started.elapsed();
-        match state.enforcer.reconcile(&desired) {
+        let result = state.enforcer.reconcile(&desired);
+        let applied_in = started.elapsed() - planned;
+        let stats = &self.stats;
+        stats.policies.store(state.policies.len() as u64, Ordering::Relaxed);
+        match result {
             Ok(Applied::Nothing) => true,
             Ok(applied) => {
+                let counter = if applied == Applied::Full { &stats.full } else { &stats.diffs };
+                counter.fetch_add(1, Ordering::Relaxed);
+                stats.allow_entries.store(desired.allows.len() as u64, Ordering::Relaxed);
+                stats.last_apply_us.store(applied_in.as_micros() as u64, Ordering::Relaxed);
                 tracing::info!(
                     ?applied,
                     allows = desired.allows.len(),
                     plan_ms = planned.as_secs_f64() * 1e3,
-                    apply_ms = (started.elapsed() - planned).as_secs_f64() * 1e3,
+                    apply_ms = applied_in.as_secs_f64() * 1e3,
                     "policies enforced"
                 );
                 true
             }
             Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "enforcing policies failed; the previous ruleset stays");
                 state.etag = None;
                 false
             }
         }
+    }
+
+    /// Enforcement metrics in Prometheus' text format (see docs/metrics.md).
+    pub fn metrics(&self) -> String {
+        let s = &self.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "# HELP c2c_netagent_policy_applies_total Changes applied to the kernel, by kind.\n\
+             # TYPE c2c_netagent_policy_applies_total counter\n\
+             c2c_netagent_policy_applies_total{{kind=\"diff\"}} {}\n\
+             c2c_netagent_policy_applies_total{{kind=\"full\"}} {}\n\
+             # HELP c2c_netagent_policy_apply_errors_total Changes the kernel refused.\n\
+             # TYPE c2c_netagent_policy_apply_errors_total counter\n\
+             c2c_netagent_policy_apply_errors_total {}\n\
+             # HELP c2c_netagent_policies Policies concerning this cell's apps.\n\
+             # TYPE c2c_netagent_policies gauge\n\
+             c2c_netagent_policies {}\n\
+             # HELP c2c_netagent_allow_entries Allow entries installed.\n\
+             # TYPE c2c_netagent_allow_entries gauge\n\
+             c2c_netagent_allow_entries {}\n\
+             # HELP c2c_netagent_last_apply_seconds Time the last change took in the kernel.\n\
+             # TYPE c2c_netagent_last_apply_seconds gauge\n\
+             c2c_netagent_last_apply_seconds {}\n",
+            get(&s.diffs),
+            get(&s.full),
+            get(&s.errors),
+            get(&s.policies),
+            get(&s.allow_entries),
+            get(&s.last_apply_us) as f64 / 1e6,
+        )
     }
 
     /// Now: read the containers, ask for their policies (no wait), enforce. Used when a
@@ -128,7 +181,7 @@ impl PolicySync {
         } else {
             state.policies.clear();
         }
-        let _ = Self::enforce(&mut state, &containers);
+        let _ = self.enforce(&mut state, &containers);
         self.wake.notify_one();
     }
 
@@ -146,7 +199,7 @@ impl PolicySync {
                 state.etag.clone()
             };
             if ids.is_empty() {
-                let _ = Self::enforce(&mut *self.state.lock().await, &containers);
+                let _ = self.enforce(&mut *self.state.lock().await, &containers);
                 tokio::select! {
                     _ = self.wake.notified() => continue,
                     _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
@@ -169,7 +222,7 @@ impl PolicySync {
                             let mut state = self.state.lock().await;
                             state.policies = tagged(&value);
                             state.etag = etag;
-                            Self::enforce(&mut state, &containers)
+                            self.enforce(&mut state, &containers)
                         };
                         // A server without the watch (upstream's) answers at once and sends
                         // no ETag: poll it at upstream's pace instead of hammering it. After
@@ -194,7 +247,7 @@ impl PolicySync {
                     Ok(Watched::NotModified) => {
                         // A quiet round: repair whatever someone else changed in the kernel.
                         let (containers, _) = self.local();
-                        if Self::enforce(&mut *self.state.lock().await, &containers) {
+                        if self.enforce(&mut *self.state.lock().await, &containers) {
                             backoff = Duration::from_millis(200);
                         }
                     }

@@ -217,6 +217,19 @@ fn policies_flow_from_the_control_plane_to_the_kernel() {
     eventually("the policy allows A to reach B", || exchange(&ca_ns, &cb_ns, ip_b, 8080).0);
     eprintln!("policy enforced {:?} after it was written", created.elapsed());
     assert_eq!(exchange(&ca_ns, &cb_ns, ip_b, 8080), (true, false), "TCP only");
+    // What the agent did shows in its metrics.
+    let listen = a2.value.listen;
+    let metrics = f.cells[1].run(move || async move {
+        reqwest::get(format!("http://{listen}/metrics")).await.unwrap().text().await.unwrap()
+    });
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("c2c_netagent_policies "), 1.0, "{metrics}");
+    assert_eq!(value("c2c_netagent_allow_entries "), 1.0, "{metrics}");
+    assert!(value("c2c_netagent_policy_applies_total{kind=\"diff\"}") >= 1.0, "{metrics}");
+    assert_eq!(value("c2c_netagent_policy_apply_errors_total "), 0.0, "{metrics}");
 
     // B is restarted: its container goes, a new one of the same app comes with a new address,
     // and the same policy covers it as soon as the CNI plugin returns.

@@ -115,6 +115,11 @@ pub async fn serve(listener: TcpListener, config: ServerConfig, router: Router, 
             },
             _ = async { drop(stopped.wait_for(|s| *s).await) } => break,
         };
+        // Answers are small writes (headers, then body frames): without this, Nagle holds
+        // one back until the peer's delayed ACK, some 40 ms.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let router = router.clone();
         let watcher = graceful.watcher();

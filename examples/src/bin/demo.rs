@@ -32,8 +32,10 @@ fn run() -> anyhow::Result<bool> {
     let port = cp.port;
     println!("   policy-server up (SQLite, test UAA and Cloud Controller), cells' API on 10.254.250.254:{port}");
     let states = [dir.join("cell1"), dir.join("cell2")];
-    let agent1 = CellAgent::start(&f.cells[0], 1, port, &ca, &states[0], "nftables")?;
-    let agent2 = CellAgent::start(&f.cells[1], 2, port, &ca, &states[1], "nftables")?;
+    // Cells look for each other every half second (the default is 5 s), so the demo's
+    // second cell is known to the first one at once.
+    let agent1 = CellAgent::start(&f.cells[0], 1, port, &ca, &states[0], "nftables", 500)?;
+    let agent2 = CellAgent::start(&f.cells[1], 2, port, &ca, &states[1], "nftables", 500)?;
     println!("   netagent on cell 1 and cell 2 (VXLAN with GBP, nftables enforcement)");
 
     println!("== starting the apps as containers through the CNI plugin");

@@ -101,6 +101,15 @@ impl NfNetlink {
         socket.connect(&SocketAddr::new(0, 0)).map_err(NfNetlinkError::Socket)?;
         // Acks echo only the header of a refused message, not the whole (large) message.
         socket.set_cap_ack(true).map_err(NfNetlinkError::Socket)?;
+        // The kernel answers within the send; a reply that never comes is an error, not a
+        // hang (the enforcer then opens a new socket).
+        let fd = std::os::fd::AsFd::as_fd(&socket);
+        nix::sys::socket::setsockopt(
+            &fd,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(5, 0),
+        )
+        .map_err(|e| NfNetlinkError::Socket(e.into()))?;
         Ok(NfNetlink { socket, seq: 0 })
     }
 
