@@ -203,7 +203,7 @@ fn policies_flow_from_the_control_plane_to_the_kernel() {
     let a2 = agent(&f.cells[1], 2, cp.value, &ca, &states[1], false, "nftables");
     eventually("both cells know each other", || vtep_routes(&f.cells[0]) == 1 && vtep_routes(&f.cells[1]) == 1);
     let (ca_ns, cb_ns) = (Netns::new("ctr-a"), Netns::new("ctr-b"));
-    let _ip_a = cni_add(&f.cells[0], &ca_ns, "a", "app-a", &states[0], a1.value.listen);
+    let ip_a = cni_add(&f.cells[0], &ca_ns, "a", "app-a", &states[0], a1.value.listen);
     let ip_b = cni_add(&f.cells[1], &cb_ns, "b", "app-b", &states[1], a2.value.listen);
     assert_eq!(exchange(&ca_ns, &cb_ns, ip_b, 8080), (false, false), "denied without a policy");
 
@@ -296,8 +296,17 @@ fn policies_flow_from_the_control_plane_to_the_kernel() {
     client.join().unwrap();
     server.join().unwrap();
 
-    rt.block_on(store.delete(&[policy])).unwrap();
+    rt.block_on(store.delete(std::slice::from_ref(&policy))).unwrap();
     eventually("the deleted policy stops new connections", || !exchange(&ca_ns, &cb2_ns, ip_b2, 8080).0);
-    drop((a1, a2, cp));
+
+    // The control plane goes away: the cells keep enforcing what they last had. Nothing is
+    // opened and nothing is flushed, however long it stays away.
+    rt.block_on(store.create(std::slice::from_ref(&policy))).unwrap();
+    eventually("the policy is back", || exchange(&ca_ns, &cb2_ns, ip_b2, 8080).0);
+    drop(cp);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(exchange(&ca_ns, &cb2_ns, ip_b2, 8080), (true, false), "still allowed over TCP only");
+    assert_eq!(exchange(&cb2_ns, &ca_ns, ip_a, 8080), (false, false), "still denied the other way");
+    drop((a1, a2));
     let _ = std::fs::remove_dir_all(&pki);
 }
