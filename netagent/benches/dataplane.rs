@@ -75,12 +75,11 @@ fn connect_rate(client: &Netns, server: &Netns, ip: Ipv4Addr) -> (f64, Duration)
         let fd = std::fs::File::open(&listener_ns).unwrap();
         nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let l = TcpListener::bind((ip, PORT)).unwrap();
-        l.set_nonblocking(true).unwrap();
         ready_tx.send(()).unwrap();
+        // Blocking accepts: a spinning server would take a core from the kernel's
+        // forwarding, which is what is measured. The client's last connection wakes it.
         while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-            if l.accept().is_err() {
-                std::thread::yield_now();
-            }
+            let _ = l.accept();
         }
     });
     ready_rx.recv().unwrap();
@@ -100,6 +99,9 @@ fn connect_rate(client: &Netns, server: &Netns, ip: Ipv4Addr) -> (f64, Duration)
         )
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    in_ns(client, move || {
+        let _ = TcpStream::connect_timeout(&(ip, PORT).into(), Duration::from_secs(1));
+    });
     srv.join().unwrap();
     rate
 }
