@@ -211,7 +211,8 @@ impl CellAgent {
     }
 }
 
-/// CPU time (user + system) used so far by this process's threads named `name`.
+/// CPU time (user + system) used so far by this process's threads whose name starts with
+/// `name` (an agent's runtime and the threads it starts).
 pub fn thread_cpu(name: &str) -> Duration {
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
     let mut total = 0u64;
@@ -219,7 +220,7 @@ pub fn thread_cpu(name: &str) -> Duration {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
         // `pid (comm) state ...`: comm may hold spaces, so split after its closing parenthesis.
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        if &stat[open + 1..close] != name {
+        if !stat[open + 1..close].starts_with(name) {
             continue;
         }
         let fields: Vec<&str> = stat[close + 2..].split(' ').collect();

@@ -126,6 +126,14 @@ impl Agent {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         if let Some(p) = policies {
+            if config.enforcement == "nftables" {
+                match p.clone().watch_kernel(stopped.clone()) {
+                    Ok(task) => tasks.push(task),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot hear nftables changes; drift is repaired on quiet rounds")
+                    }
+                }
+            }
             tasks.push(tokio::spawn(p.run(stopped.clone())));
         }
 

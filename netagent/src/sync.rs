@@ -42,6 +42,9 @@ struct State {
     policies: Vec<TaggedPolicy>,
     etag: Option<String>,
     ids: String,
+    /// Whether this agent has enforced at least once (until then, there is nothing of its
+    /// own in the kernel to repair).
+    enforced: bool,
 }
 
 pub struct PolicySync {
@@ -68,7 +71,13 @@ impl PolicySync {
         Arc::new(PolicySync {
             client,
             store: ContainerStore::new(state_dir.join("containers.json")),
-            state: Mutex::new(State { enforcer: backend, policies: Vec::new(), etag: None, ids: String::new() }),
+            state: Mutex::new(State {
+                enforcer: backend,
+                policies: Vec::new(),
+                etag: None,
+                ids: String::new(),
+                enforced: false,
+            }),
             wake: Notify::new(),
             stats: Stats::default(),
         })
@@ -103,6 +112,7 @@ impl PolicySync {
         let applied_in = started.elapsed() - planned;
         let stats = &self.stats;
         stats.policies.store(state.policies.len() as u64, Ordering::Relaxed);
+        state.enforced |= result.is_ok();
         match result {
             Ok(Applied::Nothing) => true,
             Ok(applied) => {
@@ -183,6 +193,57 @@ impl PolicySync {
         }
         let _ = self.enforce(&mut state, &containers);
         self.wake.notify_one();
+    }
+
+    /// Repairs the kernel as soon as anyone changes nftables (nftables backend): a thread
+    /// hears every commit in this network namespace and the ruleset is checked right away
+    /// (a commit of our own costs one generation read). Without this, drift is repaired on
+    /// the next quiet round of the watch, within 25 s.
+    pub fn watch_kernel(
+        self: Arc<Self>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<tokio::task::JoinHandle<()>, crate::enforcement::nf_netlink::NfNetlinkError> {
+        use crate::enforcement::nf_netlink::{Heard, NfMonitor};
+        // Opened here, in the agent's namespace; the thread inherits nothing else it needs.
+        let monitor = NfMonitor::open()?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done_thread = done.clone();
+        // Named after the agent's own thread, so that its time is counted with the agent's.
+        let name = format!("{}-nft", std::thread::current().name().unwrap_or("netagent"));
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                while !done_thread.load(Ordering::Relaxed) {
+                    match monitor.wait(Duration::from_secs(1)) {
+                        Ok(Heard::Change) => {
+                            // Let a burst of commits finish, then look once.
+                            while let Ok(Heard::Change) = monitor.wait(Duration::from_millis(20)) {}
+                            let _ = tx.try_send(());
+                        }
+                        Ok(Heard::Quiet) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot hear nftables changes; drift is repaired on quiet rounds");
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(crate::enforcement::nf_netlink::NfNetlinkError::Socket)?;
+        Ok(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    heard = rx.recv() => if heard.is_none() { break },
+                    _ = stopped.changed() => break,
+                }
+                let (containers, _) = self.local();
+                let mut state = self.state.lock().await;
+                if state.enforced {
+                    self.enforce(&mut state, &containers);
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+        }))
     }
 
     /// The watch loop.

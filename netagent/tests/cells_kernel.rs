@@ -231,6 +231,20 @@ fn policies_flow_from_the_control_plane_to_the_kernel() {
     assert!(value("c2c_netagent_policy_applies_total{kind=\"diff\"}") >= 1.0, "{metrics}");
     assert_eq!(value("c2c_netagent_policy_apply_errors_total "), 0.0, "{metrics}");
 
+    // Someone deletes the table, twice: the agent hears it from the kernel and puts it back
+    // each time at once. (Its quiet rounds are 25 s apart: two repairs within a few seconds
+    // of each deletion can only come from hearing the kernel.)
+    for _ in 0..2 {
+        assert!(f.cells[1].exec(&["nft", "delete", "table", "ip", "c2c"]));
+        let deleted = Instant::now();
+        while !f.cells[1].exec(&["nft", "list", "table", "ip", "c2c"]) {
+            assert!(deleted.elapsed() < Duration::from_secs(5), "the table was not put back when it went");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_eq!(exchange(&ca_ns, &cb_ns, ip_b, 8080), (true, false), "enforcing again: A reaches B over TCP");
+    assert_eq!(exchange(&cb_ns, &ca_ns, ip_a, 8080), (false, false), "and B cannot reach A");
+
     // B is restarted: its container goes, a new one of the same app comes with a new address,
     // and the same policy covers it as soon as the CNI plugin returns.
     let conf = format!(

@@ -40,6 +40,10 @@ const ENOENT: i32 = 2;
 /// What the kernel answers a batch whose generation has moved on.
 const ERESTART: i32 = 85;
 const NLMSG_DONE: u16 = 3;
+/// `NFNLGRP_NFTABLES`: the multicast group on which nf_tables announces committed changes.
+const GROUP_NFTABLES: u32 = 7;
+/// `NFT_MSG_NEWGEN` from the nf_tables subsystem: sent once at the end of every commit.
+const MSG_NEWGEN: u16 = (SUBSYS_NFTABLES << 8) | 15;
 /// Set elements per message: keeps each message far below netlink's size limits.
 const ELEMENTS_PER_MESSAGE: usize = 512;
 
@@ -344,6 +348,63 @@ impl NfNetlink {
                 seen == acks
             },
         )
+    }
+}
+
+/// Hears of every change committed to any nf_tables table in the network namespace of the
+/// thread that opened it.
+#[derive(Debug)]
+pub struct NfMonitor {
+    socket: Socket,
+}
+
+/// What the monitor heard while waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// At least one commit.
+    Change,
+    /// Nothing within the wait.
+    Quiet,
+}
+
+impl NfMonitor {
+    pub fn open() -> Result<NfMonitor, NfNetlinkError> {
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(NfNetlinkError::Socket)?;
+        socket.bind_auto().map_err(NfNetlinkError::Socket)?;
+        socket.add_membership(GROUP_NFTABLES).map_err(NfNetlinkError::Socket)?;
+        Ok(NfMonitor { socket })
+    }
+
+    /// Waits up to `wait` for commits. Missed notifications (the socket overflowed) count as
+    /// a change: something did happen.
+    pub fn wait(&self, wait: std::time::Duration) -> Result<Heard, NfNetlinkError> {
+        let fd = std::os::fd::AsFd::as_fd(&self.socket);
+        let timeout = nix::sys::time::TimeVal::new(wait.as_secs() as i64, wait.subsec_micros() as i64);
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+            .map_err(|e| NfNetlinkError::Socket(e.into()))?;
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+        loop {
+            buf.clear();
+            match self.socket.recv(&mut buf, 0) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => return Ok(Heard::Change),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Ok(Heard::Quiet);
+                }
+                Err(e) => return Err(NfNetlinkError::Socket(e)),
+            }
+            let mut at = 0;
+            while let Ok(msg) = NetlinkBuffer::new_checked(&buf[at..]) {
+                if msg.message_type() == MSG_NEWGEN {
+                    return Ok(Heard::Change);
+                }
+                let length = msg.length() as usize;
+                if length < 16 {
+                    break;
+                }
+                at += (length + 3) & !3;
+            }
+        }
     }
 }
 
