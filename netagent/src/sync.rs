@@ -12,8 +12,8 @@ use policy_client::{Watched, watched};
 use tokio::sync::{Mutex, Notify};
 
 use crate::containers::ContainerStore;
+use crate::enforcement::Applied;
 use crate::enforcement::Backend;
-use crate::enforcement::nftables::Applied;
 use crate::enforcement::plan::{LocalContainer, Proto, TaggedPolicy, parse_tag, plan};
 
 /// Converts the cells' API answer.

@@ -4,8 +4,8 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 
+use netagent::enforcement::Applied;
 use netagent::enforcement::Backend;
-use netagent::enforcement::nftables::Applied;
 use netagent::enforcement::plan::{LocalContainer, Proto, Ruleset, TaggedPolicy, plan};
 use netagent::netlink::{Netlink, converge};
 use netagent::overlay::{Lease, OverlaySettings};

@@ -5,12 +5,11 @@
 //! upstream agent does. Established flows are accepted first and everything else addressed
 //! to a local container is dropped, the same behaviour as the nftables backend.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::nftables::{Applied, NftError};
 use super::plan::Ruleset;
+use super::{Applied, EnforceError};
 
 pub const PREFIX: &str = "vpa--";
 
@@ -83,21 +82,8 @@ pub fn restore_input(chain: &str, rs: &Ruleset, old: &[String], hooked: &[String
     s
 }
 
-fn restore(input: &str) -> Result<(), NftError> {
-    let mut child = Command::new("iptables-restore")
-        .args(["-w", "--noflush"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(NftError::Spawn)?;
-    child.stdin.take().expect("piped").write_all(input.as_bytes()).map_err(NftError::Spawn)?;
-    let out = child.wait_with_output().map_err(NftError::Spawn)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NftError::Refused(String::from_utf8_lossy(&out.stderr).into_owned()))
-    }
+fn restore(input: &str) -> Result<(), EnforceError> {
+    super::feed("iptables-restore", &["-w", "--noflush"], "iptables", input)
 }
 
 #[derive(Debug, Default)]
@@ -110,7 +96,7 @@ impl IptablesEnforcer {
         IptablesEnforcer::default()
     }
 
-    pub fn reconcile(&mut self, desired: &Ruleset) -> Result<Applied, NftError> {
+    pub fn reconcile(&mut self, desired: &Ruleset) -> Result<Applied, EnforceError> {
         if let Some((chain, current)) = &self.installed {
             let hooked = chains_in_forward().iter().any(|c| c == chain);
             if current == desired && hooked && rule_count(chain) == Some(rules(chain, desired).len()) {

@@ -7,7 +7,48 @@ pub mod nf_netlink;
 pub mod nftables;
 pub mod plan;
 
-use nftables::{Applied, NftError};
+/// How a reconcile went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The kernel already held the desired ruleset.
+    Nothing,
+    /// Only the difference was applied.
+    Diff,
+    /// The whole ruleset was (re)installed.
+    Full,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error("cannot run {tool} (install the {package} package): {source}")]
+    Spawn { tool: &'static str, package: &'static str, source: std::io::Error },
+    #[error("{tool} refused the change: {stderr}")]
+    Refused { tool: &'static str, stderr: String },
+    #[error(transparent)]
+    Netlink(#[from] nf_netlink::NfNetlinkError),
+}
+
+/// Runs `tool args` with `input` on its standard input (one transaction for `nft -f -` and
+/// `iptables-restore`); `package` is what to install when the tool is missing.
+fn feed(tool: &'static str, args: &[&str], package: &'static str, input: &str) -> Result<(), EnforceError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let spawn = |source| EnforceError::Spawn { tool, package, source };
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn)?;
+    child.stdin.take().expect("piped").write_all(input.as_bytes()).map_err(spawn)?;
+    let out = child.wait_with_output().map_err(spawn)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(EnforceError::Refused { tool, stderr: String::from_utf8_lossy(&out.stderr).into_owned() })
+    }
+}
 
 /// The configured backend.
 #[derive(Debug)]
@@ -27,10 +68,24 @@ impl Backend {
     }
 
     /// Brings the kernel to `desired`, repairing whatever someone else changed.
-    pub fn reconcile(&mut self, desired: &plan::Ruleset) -> Result<Applied, NftError> {
+    pub fn reconcile(&mut self, desired: &plan::Ruleset) -> Result<Applied, EnforceError> {
         match self {
             Backend::Nftables(e) => e.reconcile(desired),
             Backend::Iptables(e) => e.reconcile(desired),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_errors_name_the_tool_and_what_to_install() {
+        let missing = feed("c2c-no-such-tool", &[], "iptables", "").unwrap_err().to_string();
+        assert!(missing.starts_with("cannot run c2c-no-such-tool (install the iptables package)"), "{missing}");
+        let refused = feed("sh", &["-c", "echo bad rule >&2; exit 1"], "dash", "").unwrap_err().to_string();
+        assert_eq!(refused, "sh refused the change: bad rule\n");
+        assert!(feed("sh", &["-c", "cat >/dev/null"], "dash", "*filter\nCOMMIT\n").is_ok());
     }
 }

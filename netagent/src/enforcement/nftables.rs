@@ -9,25 +9,14 @@
 //! transaction either way.
 
 use std::fmt::Write as _;
-use std::io::Write;
-use std::process::{Command, Stdio};
 
 use std::net::Ipv4Addr;
 
 use super::nf_netlink::{Element, NfNetlink, NfNetlinkError, SetChange};
 use super::plan::{Allow, Ruleset, RulesetDiff};
+use super::{Applied, EnforceError};
 
 pub const TABLE: &str = "c2c";
-
-#[derive(Debug, thiserror::Error)]
-pub enum NftError {
-    #[error("cannot run nft (install the nftables package): {0}")]
-    Spawn(std::io::Error),
-    #[error("nft refused the change: {0}")]
-    Refused(String),
-    #[error(transparent)]
-    Netlink(#[from] NfNetlinkError),
-}
 
 fn allow_text(a: &Allow) -> String {
     let ports = if a.start == a.end { a.start.to_string() } else { format!("{}-{}", a.start, a.end) };
@@ -90,24 +79,11 @@ pub fn full_script(rs: &Ruleset) -> String {
 }
 
 /// Runs a script through `nft -f -` (one transaction).
-pub fn run(script: &str) -> Result<(), NftError> {
+pub fn run(script: &str) -> Result<(), EnforceError> {
     if script.is_empty() {
         return Ok(());
     }
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(NftError::Spawn)?;
-    child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(NftError::Spawn)?;
-    let out = child.wait_with_output().map_err(NftError::Spawn)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NftError::Refused(String::from_utf8_lossy(&out.stderr).into_owned()))
-    }
+    super::feed("nft", &["-f", "-"], "nftables", script)
 }
 
 /// Rules of the forward chain (see `full_script`).
@@ -208,14 +184,6 @@ pub struct Enforcer {
     socket: Option<NfNetlink>,
 }
 
-/// How a reconcile went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    Nothing,
-    Diff,
-    Full,
-}
-
 impl Enforcer {
     pub fn new() -> Self {
         Enforcer::default()
@@ -223,20 +191,20 @@ impl Enforcer {
 
     /// Brings the kernel to `desired`. The first call fixes the network namespace the
     /// enforcer works in (the calling thread's).
-    pub fn reconcile(&mut self, desired: &Ruleset) -> Result<Applied, NftError> {
+    pub fn reconcile(&mut self, desired: &Ruleset) -> Result<Applied, EnforceError> {
         let mut nl = match self.socket.take() {
             Some(nl) => nl,
             None => NfNetlink::open()?,
         };
         let result = self.reconcile_with(&mut nl, desired);
         // A socket that failed may hold stray replies: start afresh next time.
-        if !matches!(result, Err(NftError::Netlink(_))) {
+        if !matches!(result, Err(EnforceError::Netlink(_))) {
             self.socket = Some(nl);
         }
         result
     }
 
-    fn reconcile_with(&mut self, nl: &mut NfNetlink, desired: &Ruleset) -> Result<Applied, NftError> {
+    fn reconcile_with(&mut self, nl: &mut NfNetlink, desired: &Ruleset) -> Result<Applied, EnforceError> {
         // A change someone else commits between our check and our batch makes the kernel
         // refuse the batch; then look again (a few times at most).
         for _ in 0..3 {
@@ -271,7 +239,7 @@ impl Enforcer {
     }
 
     /// Removes the table (the cell stops enforcing).
-    pub fn remove(&mut self) -> Result<(), NftError> {
+    pub fn remove(&mut self) -> Result<(), EnforceError> {
         self.installed = None;
         self.verified = None;
         run(&format!("add table ip {TABLE}\ndelete table ip {TABLE}\n"))
