@@ -67,22 +67,15 @@ fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) 
 
 /// New connections per second over one second, and the median connect latency.
 fn connect_rate(client: &Netns, server: &Netns, ip: Ipv4Addr) -> (f64, Duration) {
-    let listener_ns = server.path();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let srv = std::thread::spawn(move || {
-        let fd = std::fs::File::open(&listener_ns).unwrap();
-        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let l = TcpListener::bind((ip, PORT)).unwrap();
-        ready_tx.send(()).unwrap();
+    let srv = listen_in(server, ip, move |l| {
         // Blocking accepts: a spinning server would take a core from the kernel's
         // forwarding, which is what is measured. The client's last connection wakes it.
         while !flag.load(std::sync::atomic::Ordering::Relaxed) {
             let _ = l.accept();
         }
     });
-    ready_rx.recv().unwrap();
     let rate = in_ns(client, move || {
         let mut latencies = Vec::new();
         let t = Instant::now();
@@ -106,12 +99,12 @@ fn connect_rate(client: &Netns, server: &Netns, ip: Ipv4Addr) -> (f64, Duration)
     rate
 }
 
-/// A server thread in `server`'s namespace that accepts one connection on `ip` and hands it
-/// to `serve`; returns once it listens.
-fn serve_one(
+/// A server thread in `server`'s namespace listening on `ip`, handing the listener to
+/// `serve`; returns once it listens.
+fn listen_in(
     server: &Netns,
     ip: Ipv4Addr,
-    serve: impl FnOnce(TcpStream) + Send + 'static,
+    serve: impl FnOnce(TcpListener) + Send + 'static,
 ) -> std::thread::JoinHandle<()> {
     let listener_ns = server.path();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -120,11 +113,19 @@ fn serve_one(
         nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let l = TcpListener::bind((ip, PORT)).unwrap();
         ready_tx.send(()).unwrap();
-        let (s, _) = l.accept().unwrap();
-        serve(s);
+        serve(l);
     });
     ready_rx.recv().unwrap();
     srv
+}
+
+/// Like `listen_in`, serving the first connection only.
+fn serve_one(
+    server: &Netns,
+    ip: Ipv4Addr,
+    serve: impl FnOnce(TcpStream) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    listen_in(server, ip, move |l| serve(l.accept().unwrap().0))
 }
 
 /// The median round trip of a one-byte request and its answer on an established connection.

@@ -116,25 +116,10 @@ impl IptablesEnforcer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enforcement::plan::{LocalContainer, Proto, TaggedPolicy, plan};
 
     #[test]
     fn upstream_rule_shapes() {
-        let rs = plan(
-            &[TaggedPolicy {
-                source: "A".into(),
-                source_tag: 1,
-                destination: "B".into(),
-                destination_tag: 2,
-                proto: Proto::Tcp,
-                start: 7000,
-                end: 8000,
-            }],
-            &[
-                LocalContainer { ip: [10, 255, 1, 2].into(), app: Some("A".into()) },
-                LocalContainer { ip: [10, 255, 1, 3].into(), app: Some("B".into()) },
-            ],
-        );
+        let rs = crate::enforcement::plan::a_to_b(7000, 8000);
         let r = rules("vpa--1", &rs);
         assert!(r.contains(&"-A vpa--1 -s 10.255.1.2/32 -j MARK --set-xmark 0x1/0xffffffff".to_string()), "{r:?}");
         assert!(r.contains(

@@ -249,25 +249,11 @@ impl Enforcer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enforcement::plan::{LocalContainer, Proto, TaggedPolicy, plan as make_plan};
+    use crate::enforcement::plan::Proto;
 
     #[test]
     fn scripts() {
-        let rs = make_plan(
-            &[TaggedPolicy {
-                source: "A".into(),
-                source_tag: 1,
-                destination: "B".into(),
-                destination_tag: 2,
-                proto: Proto::Tcp,
-                start: 8080,
-                end: 8090,
-            }],
-            &[
-                LocalContainer { ip: [10, 255, 1, 2].into(), app: Some("A".into()) },
-                LocalContainer { ip: [10, 255, 1, 3].into(), app: Some("B".into()) },
-            ],
-        );
+        let rs = crate::enforcement::plan::a_to_b(8080, 8090);
         let full = full_script(&rs);
         assert!(full.contains("add element ip c2c src_tags { 10.255.1.2 : 0x1 }"), "{full}");
         assert!(full.contains("add element ip c2c allow_ranges { 10.255.1.3 . tcp . 8080-8090 . 0x1 }"), "{full}");

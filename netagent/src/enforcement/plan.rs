@@ -151,6 +151,27 @@ pub fn diff(current: &Ruleset, desired: &Ruleset) -> RulesetDiff {
     d
 }
 
+/// A→B on tcp `start..=end`, with one container of each on the cell (10.255.1.2 is A,
+/// 10.255.1.3 is B): the ruleset the backends' unit tests render.
+#[cfg(test)]
+pub(crate) fn a_to_b(start: u16, end: u16) -> Ruleset {
+    plan(
+        &[TaggedPolicy {
+            source: "A".into(),
+            source_tag: 1,
+            destination: "B".into(),
+            destination_tag: 2,
+            proto: Proto::Tcp,
+            start,
+            end,
+        }],
+        &[
+            LocalContainer { ip: [10, 255, 1, 2].into(), app: Some("A".into()) },
+            LocalContainer { ip: [10, 255, 1, 3].into(), app: Some("B".into()) },
+        ],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
