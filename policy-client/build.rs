@@ -8,7 +8,7 @@ fn main() {
     println!("cargo:rerun-if-changed={}", spec_path.display());
 
     let text = fs::read_to_string(&spec_path).unwrap_or_else(|e| panic!("cannot read {}: {e}", spec_path.display()));
-    let mut spec: openapiv3::OpenAPI = serde_yaml::from_str(&text)
+    let mut spec: openapiv3::OpenAPI = serde_norway::from_str(&text)
         .unwrap_or_else(|e| panic!("{} is not a valid OpenAPI 3.0 document: {e}", spec_path.display()));
 
     // CORS pre-flights are for browsers; reqwest has no OPTIONS helper and a typed client has

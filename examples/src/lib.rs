@@ -1,4 +1,5 @@
-//! Runnable examples of the whole system: the local demo (`src/bin/demo.rs`) and the
-//! system benchmark (`benches/system.rs`), built on the lab in `system`.
+//! Runnable examples of c2c: the local demo of the whole system (`src/bin/demo.rs`, on the
+//! system-test harness), and scripting with the generated client (`src/bin/policy-sync.rs`,
+//! on [`policy_file`]).
 
-pub mod system;
+pub mod policy_file;

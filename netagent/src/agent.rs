@@ -4,7 +4,7 @@
 //! backoff.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -14,8 +14,9 @@ use axum::routing::{get, post};
 use policy_client::types::{AcquireRequest, Lease as ApiLease};
 use tokio::sync::watch;
 
+use crate::backoff::Backoff;
 use crate::cell_state::{self, CellInfo};
-use crate::config::Config;
+use crate::config::{Config, Enforcement};
 use crate::netlink::{Netlink, converge};
 use crate::overlay::{Lease, OverlaySettings, plan};
 
@@ -55,16 +56,10 @@ fn lease_of(l: &ApiLease) -> Option<Lease> {
     Lease::parse(&l.underlay_ip, &l.overlay_subnet)
 }
 
-#[derive(Default)]
-struct Status {
-    converged: AtomicBool,
-    renew_failures: AtomicU64,
-    converges: AtomicU64,
-}
-
 struct Shared {
-    status: Status,
-    policies: Option<Arc<crate::sync::PolicySync>>,
+    converged: AtomicBool,
+    telemetry: Arc<crate::telemetry::Telemetry>,
+    policies: Arc<crate::sync::PolicySync>,
 }
 
 /// A running agent.
@@ -88,7 +83,12 @@ impl Agent {
             network,
             network_prefix: prefix,
         };
-        let mut backoff = Duration::from_millis(200);
+        if config.enforcement == Enforcement::None {
+            tracing::warn!(
+                "enforcement = \"none\": no network policy is enforced on this cell; every container reaches every other"
+            );
+        }
+        let mut retry = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let lease = loop {
             let req = AcquireRequest { underlay_ip: config.underlay_ip.to_string(), single_overlay_ip: None };
             match client.acquire_lease(&req).await {
@@ -97,9 +97,9 @@ impl Agent {
                     return Err(AgentError::Lease(policy_client::error_message(&e).unwrap_or("conflict").to_string()));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the control plane to acquire a lease");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    let wait = retry.next_wait();
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot reach the control plane to acquire a lease");
+                    tokio::time::sleep(wait).await;
                 }
             }
         };
@@ -107,35 +107,33 @@ impl Agent {
         tracing::info!(overlay_subnet = %lease.overlay_subnet, "lease acquired");
         let nl = Netlink::connect()?;
         let first = plan(&settings, &local, std::slice::from_ref(&local));
-        let vtep_index = nl.ensure_vtep(&first.vtep).await?;
+        nl.ensure_vtep(&first.vtep).await?;
         let mtu = nl.link_by_name(&config.vtep_name).await?.and_then(|l| {
             l.attributes.iter().find_map(|a| match a {
                 netlink_packet_route::link::LinkAttribute::Mtu(m) => Some(*m),
                 _ => None,
             })
         });
-        let _ = vtep_index;
         cell_state::write_cell(
             &config.state_dir,
             &CellInfo { subnet: lease.overlay_subnet.clone(), mtu: mtu.unwrap_or(1450) },
         )?;
 
-        let policies = crate::enforcement::Backend::named(&config.enforcement)
-            .map(|backend| crate::sync::PolicySync::new(client.clone(), config.state_dir.clone(), backend));
-        let shared = Arc::new(Shared { status: Status::default(), policies: policies.clone() });
+        let telemetry = Arc::new(crate::telemetry::Telemetry::new());
+        telemetry.enforcement_disabled.set(if config.enforcement == Enforcement::None { 1.0 } else { 0.0 });
+        let backend = crate::enforcement::backend(config.enforcement);
+        let policies =
+            crate::sync::PolicySync::new(client.clone(), config.state_dir.clone(), backend, telemetry.clone());
+        let shared = Arc::new(Shared { converged: AtomicBool::new(false), telemetry, policies: policies.clone() });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
-        if let Some(p) = policies {
-            if config.enforcement == "nftables" {
-                match p.clone().watch_kernel(stopped.clone()) {
-                    Ok(task) => tasks.push(task),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot hear nftables changes; drift is repaired on quiet rounds")
-                    }
-                }
+        if config.enforcement == Enforcement::Nftables {
+            match policies.clone().watch_kernel(stopped.clone()) {
+                Ok(task) => tasks.push(task),
+                Err(e) => tracing::warn!(error = %e, "cannot hear nftables changes; drift is repaired on quiet rounds"),
             }
-            tasks.push(tokio::spawn(p.run(stopped.clone())));
         }
+        tasks.push(tokio::spawn(policies.run(stopped.clone())));
 
         // The converge loop.
         {
@@ -146,7 +144,7 @@ impl Agent {
             let interval = Duration::from_millis(config.lease_poll_interval_ms);
             tasks.push(tokio::spawn(async move {
                 loop {
-                    if let Err(e) = cycle(&client, &nl, &settings, &local, &lease, &shared.status).await {
+                    if let Err(e) = cycle(&client, &nl, &settings, &local, &lease, &shared).await {
                         tracing::warn!(error = %e, "overlay cycle failed; keeping the current state");
                     }
                     tokio::select! {
@@ -206,10 +204,10 @@ async fn cycle(
     settings: &OverlaySettings,
     local: &Lease,
     lease: &ApiLease,
-    status: &Status,
+    shared: &Shared,
 ) -> Result<(), AgentError> {
     if let Err(e) = client.renew_lease(lease).await {
-        status.renew_failures.fetch_add(1, Ordering::Relaxed);
+        shared.telemetry.renew_failures.increment(1);
         return Err(AgentError::Lease(e.to_string()));
     }
     let leases = client.list_leases().await.map_err(|e| AgentError::Lease(e.to_string()))?.into_inner().leases;
@@ -219,13 +217,13 @@ async fn cycle(
     if added + removed > 0 {
         tracing::info!(added, removed, remote_cells = desired.remotes.len(), "overlay converged");
     }
-    status.converges.fetch_add(1, Ordering::Relaxed);
-    status.converged.store(true, Ordering::Relaxed);
+    shared.telemetry.converges.increment(1);
+    shared.converged.store(true, Ordering::Relaxed);
     Ok(())
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> StatusCode {
-    if shared.status.converged.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+    if shared.converged.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
 }
 
 /// The CNI plugin's request: enforce policies for the containers as they are now, and
@@ -233,27 +231,11 @@ async fn health(State(shared): State<Arc<Shared>>) -> StatusCode {
 /// goes: its cell's route is already there.)
 async fn reconcile(State(shared): State<Arc<Shared>>) -> StatusCode {
     let started = std::time::Instant::now();
-    if let Some(p) = &shared.policies {
-        p.reconcile_once().await;
-    }
+    shared.policies.reconcile_once().await;
     tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1e3, "reconciled for the CNI plugin");
     StatusCode::OK
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> String {
-    let s = &shared.status;
-    let mut out = format!(
-        "# HELP c2c_netagent_converges_total Overlay convergence cycles completed.\n\
-         # TYPE c2c_netagent_converges_total counter\n\
-         c2c_netagent_converges_total {}\n\
-         # HELP c2c_netagent_renew_failures_total Lease renewals that failed.\n\
-         # TYPE c2c_netagent_renew_failures_total counter\n\
-         c2c_netagent_renew_failures_total {}\n",
-        s.converges.load(Ordering::Relaxed),
-        s.renew_failures.load(Ordering::Relaxed)
-    );
-    if let Some(p) = &shared.policies {
-        out.push_str(&p.metrics());
-    }
-    out
+    shared.telemetry.render()
 }

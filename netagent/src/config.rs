@@ -27,9 +27,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// How often the lease table is read and the own lease renewed.
     pub lease_poll_interval_ms: u64,
-    /// Enforcement backend: `nftables` (default for new cells), `iptables` (upstream's
-    /// layout), or `none` (no policy enforcement at all).
-    pub enforcement: String,
+    /// Enforcement backend: `nftables` (the default), `iptables` (upstream's layout), or
+    /// `none` (no policy enforcement at all: every container reaches every other).
+    pub enforcement: Enforcement,
     pub log_level: String,
 }
 
@@ -48,8 +48,30 @@ impl Default for Config {
             state_dir: "/var/vcap/data/c2c".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 23954)),
             lease_poll_interval_ms: 5000,
-            enforcement: "none".into(),
+            enforcement: Enforcement::Nftables,
             log_level: "info".into(),
+        }
+    }
+}
+
+/// Which kernel backend enforces policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    /// One nftables table; per-packet cost independent of the number of policies.
+    Nftables,
+    /// Upstream's iptables layout, for hosts that need it.
+    Iptables,
+    /// No enforcement: only for an operator who says so explicitly.
+    None,
+}
+
+impl Enforcement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Nftables => "nftables",
+            Enforcement::Iptables => "iptables",
+            Enforcement::None => "none",
         }
     }
 }
@@ -88,12 +110,6 @@ impl Config {
         if self.lease_poll_interval_ms == 0 {
             return Err(ConfigError::Invalid("lease_poll_interval_ms must be positive".into()));
         }
-        if !matches!(self.enforcement.as_str(), "none" | "nftables" | "iptables") {
-            return Err(ConfigError::Invalid(format!(
-                "enforcement {:?} is not available; use \"nftables\", \"iptables\" or \"none\"",
-                self.enforcement
-            )));
-        }
         Ok(())
     }
 
@@ -119,5 +135,16 @@ mod tests {
         assert!(toml::from_str::<Config>("unknown = 1").is_err());
         let c: Config = toml::from_str("underlay_ip = \"10.0.0.2\"\nvtep_name = \"a b\"").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn enforcement_is_on_unless_switched_off_by_name() {
+        assert_eq!(Config::default().enforcement, Enforcement::Nftables);
+        let c: Config = toml::from_str("enforcement = \"iptables\"").unwrap();
+        assert_eq!(c.enforcement, Enforcement::Iptables);
+        let c: Config = toml::from_str("enforcement = \"none\"").unwrap();
+        assert_eq!(c.enforcement, Enforcement::None);
+        let err = toml::from_str::<Config>("enforcement = \"ebpf\"").unwrap_err().to_string();
+        assert!(err.contains("nftables") && err.contains("iptables") && err.contains("none"), "{err}");
     }
 }

@@ -1,7 +1,11 @@
-//! netagent: everything on a cell. This first part holds the pure pieces: overlay planning,
-//! container addressing and naming, the container store and the CNI protocol types.
+//! netagent: everything on a cell. The daemon (`agent`) holds the cell's lease and keeps the
+//! overlay (`overlay`, `netlink`) and policy enforcement (`sync`, `enforcement`) converged;
+//! the CNI plugin (`cni`) wires containers (`container_net`, `ipam`, `containers`) and asks
+//! the daemon to enforce before it returns. Pure planners compute desired state as data;
+//! thin backends apply it.
 
 pub mod agent;
+pub mod backoff;
 pub mod cell_state;
 pub mod cni;
 pub mod config;
@@ -9,8 +13,8 @@ pub mod container_net;
 pub mod containers;
 pub mod enforcement;
 pub mod ipam;
-pub mod lab;
 pub mod naming;
 pub mod netlink;
 pub mod overlay;
 pub mod sync;
+pub mod telemetry;

@@ -5,16 +5,17 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use policy_client::{Watched, watched};
 use tokio::sync::{Mutex, Notify};
 
+use crate::backoff::Backoff;
 use crate::containers::ContainerStore;
-use crate::enforcement::Applied;
-use crate::enforcement::Backend;
 use crate::enforcement::plan::{LocalContainer, Proto, TaggedPolicy, parse_tag, plan};
+use crate::enforcement::{Applied, Enforce};
+use crate::telemetry::Telemetry;
 
 /// Converts the cells' API answer.
 pub fn tagged(list: &policy_client::types::PolicyList) -> Vec<TaggedPolicy> {
@@ -38,7 +39,7 @@ pub fn tagged(list: &policy_client::types::PolicyList) -> Vec<TaggedPolicy> {
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 struct State {
-    enforcer: Backend,
+    enforcer: Box<dyn Enforce>,
     policies: Vec<TaggedPolicy>,
     etag: Option<String>,
     ids: String,
@@ -52,34 +53,36 @@ pub struct PolicySync {
     store: ContainerStore,
     state: Mutex<State>,
     pub wake: Notify,
-    stats: Stats,
+    telemetry: Arc<Telemetry>,
 }
 
-/// What enforcement has done, for `/metrics`.
-#[derive(Debug, Default)]
-struct Stats {
-    diffs: AtomicU64,
-    full: AtomicU64,
-    errors: AtomicU64,
-    policies: AtomicU64,
-    allow_entries: AtomicU64,
-    last_apply_us: AtomicU64,
+/// Retries after a failed enforcement, and after the control plane could not be reached.
+fn enforce_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(5))
+}
+fn watch_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(30))
 }
 
 impl PolicySync {
-    pub fn new(client: policy_client::Client, state_dir: PathBuf, backend: Backend) -> Arc<PolicySync> {
+    pub fn new(
+        client: policy_client::Client,
+        state_dir: PathBuf,
+        enforcer: Box<dyn Enforce>,
+        telemetry: Arc<Telemetry>,
+    ) -> Arc<PolicySync> {
         Arc::new(PolicySync {
             client,
             store: ContainerStore::new(state_dir.join("containers.json")),
             state: Mutex::new(State {
-                enforcer: backend,
+                enforcer,
                 policies: Vec::new(),
                 etag: None,
                 ids: String::new(),
                 enforced: false,
             }),
             wake: Notify::new(),
-            stats: Stats::default(),
+            telemetry,
         })
     }
 
@@ -110,16 +113,16 @@ impl PolicySync {
         let planned = started.elapsed();
         let result = state.enforcer.reconcile(&desired);
         let applied_in = started.elapsed() - planned;
-        let stats = &self.stats;
-        stats.policies.store(state.policies.len() as u64, Ordering::Relaxed);
+        let t = &self.telemetry;
+        t.policies.set(state.policies.len() as f64);
         state.enforced |= result.is_ok();
         match result {
             Ok(Applied::Nothing) => true,
             Ok(applied) => {
-                let counter = if applied == Applied::Full { &stats.full } else { &stats.diffs };
-                counter.fetch_add(1, Ordering::Relaxed);
-                stats.allow_entries.store(desired.allows.len() as u64, Ordering::Relaxed);
-                stats.last_apply_us.store(applied_in.as_micros() as u64, Ordering::Relaxed);
+                let counter = if applied == Applied::Full { &t.applies_full } else { &t.applies_diff };
+                counter.increment(1);
+                t.allow_entries.set(desired.allows.len() as f64);
+                t.last_apply_seconds.set(applied_in.as_secs_f64());
                 tracing::info!(
                     ?applied,
                     allows = desired.allows.len(),
@@ -130,42 +133,12 @@ impl PolicySync {
                 true
             }
             Err(e) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
+                t.apply_errors.increment(1);
                 tracing::error!(error = %e, "enforcing policies failed; the previous ruleset stays");
                 state.etag = None;
                 false
             }
         }
-    }
-
-    /// Enforcement metrics in Prometheus' text format (see docs/metrics.md).
-    pub fn metrics(&self) -> String {
-        let s = &self.stats;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        format!(
-            "# HELP c2c_netagent_policy_applies_total Changes applied to the kernel, by kind.\n\
-             # TYPE c2c_netagent_policy_applies_total counter\n\
-             c2c_netagent_policy_applies_total{{kind=\"diff\"}} {}\n\
-             c2c_netagent_policy_applies_total{{kind=\"full\"}} {}\n\
-             # HELP c2c_netagent_policy_apply_errors_total Changes the kernel refused.\n\
-             # TYPE c2c_netagent_policy_apply_errors_total counter\n\
-             c2c_netagent_policy_apply_errors_total {}\n\
-             # HELP c2c_netagent_policies Policies concerning this cell's apps.\n\
-             # TYPE c2c_netagent_policies gauge\n\
-             c2c_netagent_policies {}\n\
-             # HELP c2c_netagent_allow_entries Allow entries installed.\n\
-             # TYPE c2c_netagent_allow_entries gauge\n\
-             c2c_netagent_allow_entries {}\n\
-             # HELP c2c_netagent_last_apply_seconds Time the last change took in the kernel.\n\
-             # TYPE c2c_netagent_last_apply_seconds gauge\n\
-             c2c_netagent_last_apply_seconds {}\n",
-            get(&s.diffs),
-            get(&s.full),
-            get(&s.errors),
-            get(&s.policies),
-            get(&s.allow_entries),
-            get(&s.last_apply_us) as f64 / 1e6,
-        )
     }
 
     /// Now: read the containers, ask for their policies (no wait), enforce. Used when a
@@ -248,7 +221,8 @@ impl PolicySync {
 
     /// The watch loop.
     pub async fn run(self: Arc<Self>, mut stopped: tokio::sync::watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(200);
+        let mut enforce_retry = enforce_backoff();
+        let mut watch_retry = watch_backoff();
         loop {
             let (containers, ids) = self.local();
             let etag = {
@@ -288,15 +262,15 @@ impl PolicySync {
                         // A server without the watch (upstream's) answers at once and sends
                         // no ETag: poll it at upstream's pace instead of hammering it. After
                         // a failed enforcement, wait a little before trying again.
+                        watch_retry.reset();
                         if !enforced {
                             tokio::select! {
-                                _ = tokio::time::sleep(backoff) => {}
+                                _ = tokio::time::sleep(enforce_retry.next_wait()) => {}
                                 _ = stopped.changed() => return,
                             }
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
                             continue;
                         }
-                        backoff = Duration::from_millis(200);
+                        enforce_retry.reset();
                         if polling {
                             tokio::select! {
                                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
@@ -308,17 +282,18 @@ impl PolicySync {
                     Ok(Watched::NotModified) => {
                         // A quiet round: repair whatever someone else changed in the kernel.
                         let (containers, _) = self.local();
+                        watch_retry.reset();
                         if self.enforce(&mut *self.state.lock().await, &containers) {
-                            backoff = Duration::from_millis(200);
+                            enforce_retry.reset();
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "policy watch failed; enforcing the last known policies");
+                        let wait = watch_retry.next_wait();
+                        tracing::warn!(error = %e, retry_in = ?wait, "policy watch failed; enforcing the last known policies");
                         tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(wait) => {}
                             _ = stopped.changed() => return,
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
                 },
                 _ = self.wake.notified() => {}

@@ -1,15 +1,9 @@
 //! Application security groups: the model the internal API serves, the conversion from
-//! Cloud Controller v3, and the syncer that mirrors them into the store.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! Cloud Controller v3, and the pages of the cells' API. (`jobs` mirrors them into the
+//! store.)
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-use crate::cloud_controller::{CcError, CloudController};
-use crate::snapshot::Snapshots;
-use crate::store::Store;
 
 /// One ASG as upstream's internal API shows it; `rules` is a JSON-encoded string.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,56 +96,6 @@ pub fn page<'a>(
         out.push(g);
     }
     (out, 0)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error(transparent)]
-    CloudController(#[from] CcError),
-    #[error("store: {0}")]
-    Store(#[from] crate::store::StoreError),
-}
-
-/// One sync: read every security group from Cloud Controller and replace the table.
-pub async fn sync_once(store: &Store, cc: &CloudController, snapshots: &Snapshots) -> Result<usize, SyncError> {
-    let resources = cc.security_groups().await?;
-    let groups: Vec<SecurityGroup> = resources.iter().filter_map(from_cc).collect();
-    store.replace_security_groups(&groups).await?;
-    snapshots.changed();
-    Ok(groups.len())
-}
-
-/// Syncs every `interval`, on whichever replica holds the `asg-syncer` lock (a lease of
-/// three intervals, renewed by its holder at every run).
-pub fn spawn_syncer(
-    store: Store,
-    cc: Arc<CloudController>,
-    snapshots: Snapshots,
-    interval: Duration,
-) -> tokio::task::JoinHandle<()> {
-    let me = uuid::Uuid::new_v4().to_string();
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        loop {
-            ticker.tick().await;
-            match store.try_lock("asg-syncer", &me, interval * 3).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "asg-syncer: lock check failed");
-                    continue;
-                }
-            }
-            let started = std::time::Instant::now();
-            match sync_once(&store, &cc, &snapshots).await {
-                Ok(n) => {
-                    metrics::histogram!("c2c_asg_sync_duration_seconds").record(started.elapsed().as_secs_f64());
-                    tracing::debug!(security_groups = n, "asg-syncer: synced");
-                }
-                Err(e) => tracing::error!(error = %e, "asg-syncer: sync failed, will retry"),
-            }
-        }
-    })
 }
 
 #[cfg(test)]

@@ -2,8 +2,6 @@
 //! Controller are deleted, periodically and on demand (`POST .../policies/cleanup`).
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::Duration;
 
 use crate::cloud_controller::{CcError, CloudController};
 use crate::policy::{Policy, PolicyFilter};
@@ -38,18 +36,4 @@ pub async fn run_once(store: &Store, cc: &CloudController) -> Result<Vec<Policy>
     tracing::info!(total_c2c_policies = all.len(), stale_c2c_policies = stale.len(), "deleting stale policies");
     metrics::counter!("c2c_stale_policies_deleted_total").increment(stale.len() as u64);
     Ok(stale)
-}
-
-/// Runs the cleanup every `interval`, first one interval after start. Errors are logged and
-/// the next run tries again.
-pub fn spawn_periodic(store: Store, cc: Arc<CloudController>, interval: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        loop {
-            ticker.tick().await;
-            if let Err(e) = run_once(&store, &cc).await {
-                tracing::error!(error = %e, "poll-cycle: stale policy cleanup failed");
-            }
-        }
-    })
 }

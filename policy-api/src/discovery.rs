@@ -47,29 +47,6 @@ pub fn valid_hostname(h: &str) -> bool {
             .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
-/// Removes expired registrations every `interval`, so the table forgets cells that stopped
-/// refreshing within `ttl + interval`.
-pub fn spawn_pruner(
-    store: crate::store::Store,
-    snapshots: crate::snapshot::Snapshots,
-    interval: std::time::Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        loop {
-            ticker.tick().await;
-            match store.prune_registrations().await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(expired = n, "pruned discovery registrations");
-                    snapshots.changed();
-                }
-                Err(e) => tracing::warn!(error = %e, "pruning discovery registrations failed"),
-            }
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,9 +9,11 @@ pub mod authz;
 pub mod cleanup;
 pub mod cloud_controller;
 pub mod config;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod discovery;
 pub mod gojson;
+pub mod jobs;
 pub mod leases;
 pub mod mapper;
 pub mod policy;

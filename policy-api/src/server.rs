@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::state::{AppState, StartError};
-use crate::{api, cleanup};
+use crate::{api, jobs};
 
 /// The process-wide Prometheus recorder (metrics macros write to one global recorder).
 pub fn prometheus() -> PrometheusHandle {
@@ -81,7 +81,7 @@ impl Server {
         }
 
         let mut background =
-            vec![loader, cleanup::spawn_periodic(state.store.clone(), state.cc.clone(), config.cleanup_interval())];
+            vec![loader, jobs::spawn_cleanup(state.store.clone(), state.cc.clone(), config.cleanup_interval())];
 
         let mut internal_addr = None;
         if let Some(files) = &config.internal.tls {
@@ -90,13 +90,13 @@ impl Server {
             internal_addr = listener.local_addr().ok();
             let router = api::internal_router(state.clone());
             tasks.push(tokio::spawn(crate::tls::serve(listener, tls, router, stopped.clone())));
-            background.push(crate::asgs::spawn_syncer(
+            background.push(jobs::spawn_asg_sync(
                 state.store.clone(),
                 state.cc.clone(),
                 state.snapshots.clone(),
                 Duration::from_secs(config.internal.asg_sync_interval_secs),
             ));
-            background.push(crate::discovery::spawn_pruner(
+            background.push(jobs::spawn_registration_pruning(
                 state.store.clone(),
                 state.snapshots.clone(),
                 Duration::from_secs(config.internal.registration_prune_interval_secs),

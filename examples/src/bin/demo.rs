@@ -1,6 +1,7 @@
 //! The local demo of the whole system (run as root):
 //!
-//!     sudo cargo run --release -p examples --bin demo
+//!     bash scripts/demo        # installs what it needs, then runs:
+//!     cargo run --release -p examples --bin demo
 //!
 //! It builds, in throwaway network namespaces on this machine: an underlay switch, a control
 //! plane (policy-server on SQLite with the UAA and Cloud Controller test doubles), two cells
@@ -14,28 +15,32 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use examples::system::{CellAgent, ControlPlane, TempDir, clean_up_on_signal, remove_namespaces};
-use netagent::lab::{Netns, TcpServer, attach, connects, fabric};
+use harness::cell::{CellAgent, CellOptions, Cni};
+use harness::control_plane::ControlPlane;
+use harness::lab::{Netns, attach, fabric, remove_namespaces};
+use harness::probes::{TcpServer, connects};
+use harness::scratch::{TempDir, clean_up_on_signal};
 use policy_client::types::{Policy, Protocol};
 
 const PORT: u16 = 8080;
 
 fn run() -> anyhow::Result<bool> {
-    let tmp = TempDir::new("c2c-demo")?;
-    let dir = tmp.0.clone();
+    let tmp = TempDir::new("c2c-demo");
+    let dir = tmp.path().to_path_buf();
     println!("== building the lab: an underlay switch, a control plane, two cells");
     let f = fabric(2);
     let ctl = Netns::new("ctl");
     attach(&f.switch, &ctl, 254);
     let ca = testkit::pki::TestCa::new(&dir, "ca");
     let cp = ControlPlane::start(&ctl, &ca, &dir)?;
-    let port = cp.port;
-    println!("   policy-server up (SQLite, test UAA and Cloud Controller), cells' API on 10.254.250.254:{port}");
+    println!("   policy-server up (SQLite, test UAA and Cloud Controller), cells' API on {}", cp.url());
     let states = [dir.join("cell1"), dir.join("cell2")];
     // Cells look for each other every half second (the default is 5 s), so the demo's
-    // second cell is known to the first one at once.
-    let agent1 = CellAgent::start(&f.cells[0], 1, port, &ca, &states[0], "nftables", 500)?;
-    let agent2 = CellAgent::start(&f.cells[1], 2, port, &ca, &states[1], "nftables", 500)?;
+    // second cell is known to the first one at once. `cargo run` builds the demo alone, so
+    // the plugin's code runs in-process rather than as the `c2c-cni` binary.
+    let options = CellOptions { lease_poll_interval_ms: 500, cni: Cni::InProcess, ..CellOptions::default() };
+    let agent1 = CellAgent::start(&f.cells[0], 1, &cp.url(), &ca, &states[0], &options)?;
+    let agent2 = CellAgent::start(&f.cells[1], 2, &cp.url(), &ca, &states[1], &options)?;
     println!("   netagent on cell 1 and cell 2 (VXLAN with GBP, nftables enforcement)");
 
     println!("== starting the apps as containers through the CNI plugin");
@@ -84,12 +89,11 @@ fn run() -> anyhow::Result<bool> {
     let mut all_as_expected = true;
     for (src, src_ns, _) in &members {
         print!("{src:>10}");
-        for (dst, dst_ns, dst_ip) in &members {
+        for (dst, _, dst_ip) in &members {
             if src == dst {
                 print!("{:>10}", "-");
                 continue;
             }
-            let _ = dst_ns;
             let ok = connects(src_ns, *dst_ip, PORT, Duration::from_millis(500));
             all_as_expected &= ok == expected(src, dst);
             print!("{:>10}", if ok { "✓" } else { "·" });
@@ -118,13 +122,15 @@ fn main() -> std::process::ExitCode {
         eprintln!("Run it as root, e.g.:  sudo -E cargo run --release -p examples --bin demo");
         return std::process::ExitCode::from(2);
     }
-    for tool in ["ip", "nft"] {
+    for (tool, package) in [("ip", "iproute2"), ("nft", "nftables")] {
         if std::process::Command::new(tool).arg("-V").output().is_err() {
-            eprintln!("The demo needs `{tool}` (apt-get install iproute2 nftables).");
+            eprintln!(
+                "The demo needs `{tool}`: run `bash scripts/demo`, which installs it, or `apt-get install {package}`."
+            );
             return std::process::ExitCode::from(2);
         }
     }
-    clean_up_on_signal(vec![std::env::temp_dir().join(format!("c2c-demo-{}", std::process::id()))]);
+    clean_up_on_signal(&["c2c-demo"]);
     let outcome = std::panic::catch_unwind(run);
     remove_namespaces();
     match outcome {

@@ -50,29 +50,48 @@ fn feed(tool: &'static str, args: &[&str], package: &'static str, input: &str) -
     }
 }
 
-/// The configured backend.
-#[derive(Debug)]
-pub enum Backend {
-    Nftables(nftables::Enforcer),
-    Iptables(iptables::IptablesEnforcer),
+/// A kernel backend: brings the kernel to a desired ruleset. Behind this trait so that the
+/// sync logic is testable without root, and so that `enforcement = "none"` is one more
+/// backend rather than a special case.
+pub trait Enforce: Send + std::fmt::Debug {
+    /// Brings the kernel to `desired`, repairing whatever someone else changed.
+    fn reconcile(&mut self, desired: &plan::Ruleset) -> Result<Applied, EnforceError>;
 }
 
-impl Backend {
-    /// `nftables` or `iptables`.
-    pub fn named(name: &str) -> Option<Backend> {
-        match name {
-            "nftables" => Some(Backend::Nftables(nftables::Enforcer::new())),
-            "iptables" => Some(Backend::Iptables(iptables::IptablesEnforcer::new())),
-            _ => None,
-        }
+impl Enforce for nftables::Enforcer {
+    fn reconcile(&mut self, desired: &plan::Ruleset) -> Result<Applied, EnforceError> {
+        nftables::Enforcer::reconcile(self, desired)
     }
+}
 
-    /// Brings the kernel to `desired`, repairing whatever someone else changed.
-    pub fn reconcile(&mut self, desired: &plan::Ruleset) -> Result<Applied, EnforceError> {
-        match self {
-            Backend::Nftables(e) => e.reconcile(desired),
-            Backend::Iptables(e) => e.reconcile(desired),
+impl Enforce for iptables::IptablesEnforcer {
+    fn reconcile(&mut self, desired: &plan::Ruleset) -> Result<Applied, EnforceError> {
+        iptables::IptablesEnforcer::reconcile(self, desired)
+    }
+}
+
+/// `enforcement = "none"`: plans are computed (and counted) but nothing is installed.
+#[derive(Debug, Default)]
+pub struct Disabled {
+    last: Option<plan::Ruleset>,
+}
+
+impl Enforce for Disabled {
+    fn reconcile(&mut self, desired: &plan::Ruleset) -> Result<Applied, EnforceError> {
+        if self.last.as_ref() == Some(desired) {
+            return Ok(Applied::Nothing);
         }
+        self.last = Some(desired.clone());
+        Ok(Applied::Full)
+    }
+}
+
+/// The backend for a setting.
+pub fn backend(setting: crate::config::Enforcement) -> Box<dyn Enforce> {
+    match setting {
+        crate::config::Enforcement::Nftables => Box::new(nftables::Enforcer::new()),
+        crate::config::Enforcement::Iptables => Box::new(iptables::IptablesEnforcer::new()),
+        crate::config::Enforcement::None => Box::new(Disabled::default()),
     }
 }
 
@@ -87,5 +106,13 @@ mod tests {
         let refused = feed("sh", &["-c", "echo bad rule >&2; exit 1"], "dash", "").unwrap_err().to_string();
         assert_eq!(refused, "sh refused the change: bad rule\n");
         assert!(feed("sh", &["-c", "cat >/dev/null"], "dash", "*filter\nCOMMIT\n").is_ok());
+    }
+
+    #[test]
+    fn the_disabled_backend_installs_nothing_and_reports_changes() {
+        let mut b = Disabled::default();
+        let empty = plan::plan(&[], &[]);
+        assert_eq!(b.reconcile(&empty).unwrap(), Applied::Full);
+        assert_eq!(b.reconcile(&empty).unwrap(), Applied::Nothing);
     }
 }

@@ -5,15 +5,16 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use policy_api::Server;
 use policy_api::config::{Config, LogFormat, Secret, TokenVerification};
-use policy_api::{Server, dev};
 
 /// c2c policy server: Cloud Foundry's network policy API, compatible with the cf CLI's
 /// network-policy commands.
 ///
-/// Quick start on a laptop (insecure, in memory, fake UAA and Cloud Controller):
+/// Quick start on a laptop (insecure, in memory, fake UAA and Cloud Controller; a build
+/// with the `dev` feature):
 ///
-///     policy-server --dev
+///     cargo run -p policy-api --features dev --bin policy-server -- --dev
 ///
 /// In production, write a config file (`policy-server --print-default-config > c2c.toml`,
 /// then edit) and run `policy-server --config c2c.toml`. Flags and C2C_* environment
@@ -26,7 +27,8 @@ struct Args {
     config: Option<PathBuf>,
 
     /// Local development mode: 127.0.0.1, in-memory SQLite, built-in UAA and Cloud
-    /// Controller doubles, prints an admin token. Never use in production.
+    /// Controller doubles, prints an admin token. Only in builds with the `dev` feature;
+    /// never in production.
     #[arg(long)]
     dev: bool,
 
@@ -135,14 +137,25 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    #[cfg(feature = "dev")]
     let mut dev_world = None;
     let mut config = if args.dev {
-        let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4002)));
-        let internal = args.internal_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4003)));
-        let world = dev::start(listen, internal).await.context("starting the UAA and Cloud Controller doubles")?;
-        let config = world.config.clone();
-        dev_world = Some(world);
-        config
+        #[cfg(feature = "dev")]
+        {
+            let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4002)));
+            let internal = args.internal_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4003)));
+            let world = policy_api::dev::start(listen, internal)
+                .await
+                .context("starting the UAA and Cloud Controller doubles")?;
+            let config = world.config.clone();
+            dev_world = Some(world);
+            config
+        }
+        #[cfg(not(feature = "dev"))]
+        anyhow::bail!(
+            "this policy-server was built without --dev (a production build has no test doubles); \
+             for local development run: cargo run -p policy-api --features dev --bin policy-server -- --dev"
+        )
     } else {
         match &args.config {
             Some(path) => Config::from_file(path)?,
@@ -154,8 +167,9 @@ async fn main() -> anyhow::Result<()> {
     init_logging(&config);
 
     let server = Server::start(&config).await.context("starting policy-server")?;
+    #[cfg(feature = "dev")]
     if let Some(world) = &dev_world {
-        eprintln!("{}", dev::banner(world, &server.url(), server.internal_addr, server.metrics_addr));
+        eprintln!("{}", policy_api::dev::banner(world, &server.url(), server.internal_addr, server.metrics_addr));
     }
     shutdown_signal().await;
     tracing::info!("shutting down");

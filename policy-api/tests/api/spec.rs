@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 
 use policy_api::api::{EXTERNAL_ROUTES, INTERNAL_ROUTES, METRICS_ROUTES, paths_with_methods};
 
-fn spec() -> serde_yaml::Value {
+fn spec() -> serde_norway::Value {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/policy-server.yaml")).unwrap();
-    serde_yaml::from_str(&text).unwrap()
+    serde_norway::from_str(&text).unwrap()
 }
 
 fn spec_routes() -> BTreeSet<(String, String)> {

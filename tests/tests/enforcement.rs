@@ -4,14 +4,14 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-use netagent::enforcement::Applied;
-use netagent::enforcement::Backend;
+use netagent::config::Enforcement;
 use netagent::enforcement::plan::{LocalContainer, Proto, Ruleset, TaggedPolicy, plan};
+use netagent::enforcement::{Applied, Enforce, backend};
 use netagent::netlink::{Netlink, converge};
 use netagent::overlay::{Lease, OverlaySettings};
 
-mod common;
-use common::*;
+use harness::lab::*;
+use harness::probes::*;
 
 fn lease(i: u8) -> Lease {
     Lease { underlay_ip: Ipv4Addr::new(10, 254, 250, i), subnet: Ipv4Addr::new(10, 255, i, 0), prefix: 24 }
@@ -41,7 +41,7 @@ fn container(cell: &Netns, ctr: &Netns, ip: Ipv4Addr) {
 }
 
 /// Reconciles the cell's ruleset with its enforcer; returns the enforcer and what it did.
-fn enforce(cell: &Netns, enforcer: Backend, rs: Ruleset) -> (Backend, Applied) {
+fn enforce(cell: &Netns, enforcer: Box<dyn Enforce>, rs: Ruleset) -> (Box<dyn Enforce>, Applied) {
     cell.run(move || async move {
         let mut e = enforcer;
         let applied = e.reconcile(&rs).expect("nft applies the ruleset");
@@ -55,24 +55,21 @@ fn pol(s: &str, st: u16, d: &str, dt: u16, proto: Proto, start: u16, end: u16) -
 
 #[test]
 fn seed_scenario_with_nftables() {
-    assert!(Command::new("nft").arg("--version").output().is_ok(), "needs nft (apt-get install nftables)");
-    seed_scenario("nftables");
+    require_tool("nft", "nftables");
+    seed_scenario(Enforcement::Nftables);
 }
 
 #[test]
 fn seed_scenario_with_iptables() {
-    assert!(
-        Command::new("iptables-restore").arg("--version").output().is_ok(),
-        "needs iptables (apt-get install iptables)"
-    );
-    seed_scenario("iptables");
+    require_tool("iptables-restore", "iptables");
+    seed_scenario(Enforcement::Iptables);
 }
 
-fn seed_scenario(backend: &str) {
-    assert!(nix::unistd::geteuid().is_root(), "needs root (CI runs as root)");
-    let new = || Backend::named(backend).unwrap();
+fn seed_scenario(setting: Enforcement) {
+    require_root();
+    let new = || backend(setting);
     // nftables applies differences; iptables rewrites the whole chain as upstream does.
-    let incremental = if backend == "nftables" { Applied::Diff } else { Applied::Full };
+    let incremental = if setting == Enforcement::Nftables { Applied::Diff } else { Applied::Full };
     let f = fabric(2);
     let (c1, c2) = (&f.cells[0], &f.cells[1]);
     overlay(c1, 1);
@@ -124,7 +121,7 @@ fn seed_scenario(backend: &str) {
 
     // Someone removes our rules (the table, or the jump from FORWARD): the next reconcile
     // puts them back whole.
-    let sabotage: &[&str] = if backend == "nftables" {
+    let sabotage: &[&str] = if setting == Enforcement::Nftables {
         &["nft", "delete", "table", "ip", "c2c"]
     } else {
         &["iptables", "-w", "-F", "FORWARD"]
@@ -135,7 +132,7 @@ fn seed_scenario(backend: &str) {
     let (_e2, applied) = enforce(c2, e2, plan(&policies, &cell2));
     assert_eq!(applied, Applied::Full);
     assert!(exchange(&a1, &b, ip(2, 3), 8080).0, "enforcing again after the repair");
-    if backend == "iptables" {
+    if setting == Enforcement::Iptables {
         let out = Command::new("ip").args(["netns", "exec", &c2.0, "iptables", "-w", "-S"]).output().unwrap();
         let chains = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("-N vpa--")).count();
         assert_eq!(chains, 1, "make-before-break leaves exactly one chain");
@@ -162,7 +159,7 @@ fn nftables_changes_over_netlink_read_back_and_drift_is_repaired() {
         LocalContainer { ip: Ipv4Addr::new(10, 255, 1, 3), app: Some("B".into()) },
     ];
     let mut policies = vec![pol("A", 1, "B", 2, Proto::Tcp, 8080, 8080)];
-    let (e, applied) = enforce(&cell, Backend::named("nftables").unwrap(), plan(&policies, &containers));
+    let (e, applied) = enforce(&cell, backend(Enforcement::Nftables), plan(&policies, &containers));
     assert_eq!(applied, Applied::Full, "first install replaces the table");
 
     // A single port, a range over UDP, and a new source mark, all as one netlink batch.

@@ -1,8 +1,8 @@
 //! Data-path benchmark (not a test; run as root): both enforcement backends with 0, 10k and
 //! 50k policies on a cell with 250 containers.
 //!
-//!     cargo bench -p netagent --bench dataplane              # both backends
-//!     cargo bench -p netagent --bench dataplane -- nftables  # one of them
+//!     cargo bench -p system-tests --bench dataplane              # both backends
+//!     cargo bench -p system-tests --bench dataplane -- nftables  # one of them
 //!
 //! Measures, in throwaway namespaces: applying the full ruleset; applying one added policy
 //! with 10k installed (median of 20); and through the cell (container → container,
@@ -14,12 +14,16 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use netagent::enforcement::Backend;
+use harness::lab::Netns;
+use netagent::config::Enforcement;
 use netagent::enforcement::plan::{LocalContainer, Proto, Ruleset, TaggedPolicy, plan};
-use netagent::lab::Netns;
 use netagent::netlink::Netlink;
 
 const PORT: u16 = 8080;
+
+fn setting(backend: &str) -> Enforcement {
+    if backend == "iptables" { Enforcement::Iptables } else { Enforcement::Nftables }
+}
 
 fn app(i: usize) -> String {
     format!("app-{i}")
@@ -241,7 +245,7 @@ fn programming(cell: &Netns, backend: &'static str, containers: &[LocalContainer
         let rs = ruleset(n, containers, None);
         let allows = rs.allows.len();
         let (enforcer, full) = cell.run(move || async move {
-            let mut e = Backend::named(backend).unwrap();
+            let mut e = netagent::enforcement::backend(setting(backend));
             let t = Instant::now();
             e.reconcile(&rs).unwrap();
             (e, t.elapsed())
@@ -290,7 +294,7 @@ fn per_packet(
     const SIZES: [usize; 3] = [0, 10_000, 50_000];
     const ROUNDS: usize = 7;
     let rulesets: Vec<Ruleset> = SIZES.iter().map(|n| ruleset(*n, containers, None)).collect();
-    let mut enforcer = Some(Backend::named(backend).unwrap());
+    let mut enforcer = Some(netagent::enforcement::backend(setting(backend)));
     // (connects/s, connect latency, round trip, MiB/s) per size.
     let mut samples: Vec<Vec<(f64, Duration, Duration, f64)>> = vec![Vec::new(); SIZES.len()];
     for round in 0..ROUNDS {

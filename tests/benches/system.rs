@@ -1,7 +1,7 @@
 //! The whole system under load (not a test; run as root):
 //!
-//!     cargo bench -p examples --bench system                 # both backends
-//!     cargo bench -p examples --bench system -- nftables     # one of them
+//!     cargo bench -p system-tests --bench system                 # both backends
+//!     cargo bench -p system-tests --bench system -- nftables     # one of them
 //!
 //! Builds the lab of the demo (a control plane, two cells running netagent, containers wired
 //! by the CNI plugin) and, with 10,000 policies towards the apps on cell 2, measures for each
@@ -19,8 +19,13 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use examples::system::{CellAgent, ControlPlane, TempDir, clean_up_on_signal, remove_namespaces, thread_cpu};
-use netagent::lab::{Netns, TcpServer, attach, connects, fabric};
+use harness::cell::{CellAgent, CellOptions, Cni};
+use harness::control_plane::ControlPlane;
+use harness::cpu::thread_cpu;
+use harness::lab::{Netns, attach, fabric, remove_namespaces};
+use harness::probes::{TcpServer, connects};
+use harness::scratch::{TempDir, clean_up_on_signal};
+use netagent::config::Enforcement;
 use policy_client::types::{Policy, Protocol};
 
 #[path = "../../policy-api/benches/support/stats.rs"]
@@ -84,8 +89,8 @@ fn summary(name: &str, mut samples: Vec<Duration>) -> String {
 
 fn run(backend: &str) -> anyhow::Result<Vec<String>> {
     let (tries, adds_wanted, idle) = sizes();
-    let tmp = TempDir::new(&format!("c2c-bench-{backend}"))?;
-    let dir = tmp.0.clone();
+    let tmp = TempDir::new("c2c-bench");
+    let dir = tmp.path().to_path_buf();
     let f = fabric(2);
     let ctl = Netns::new("ctl");
     attach(&f.switch, &ctl, 254);
@@ -93,9 +98,16 @@ fn run(backend: &str) -> anyhow::Result<Vec<String>> {
     let cp = ControlPlane::start(&ctl, &ca, &dir)?;
     let (cell1, cell2) = (&f.cells[0], &f.cells[1]);
     // netagent's default settings, as a cell runs them in production.
-    let poll = netagent::config::Config::default().lease_poll_interval_ms;
-    let agent1 = CellAgent::start(cell1, 1, cp.port, &ca, &dir.join("cell1"), backend, poll)?;
-    let agent2 = CellAgent::start(cell2, 2, cp.port, &ca, &dir.join("cell2"), backend, poll)?;
+    let enforcement = if backend == "iptables" { Enforcement::Iptables } else { Enforcement::Nftables };
+    let options = CellOptions {
+        enforcement,
+        lease_poll_interval_ms: netagent::config::Config::default().lease_poll_interval_ms,
+        // `cargo bench` builds this bench alone, not the `c2c-cni` binary.
+        cni: Cni::InProcess,
+        ..CellOptions::default()
+    };
+    let agent1 = CellAgent::start(cell1, 1, &cp.url(), &ca, &dir.join("cell1"), &options)?;
+    let agent2 = CellAgent::start(cell2, 2, &cp.url(), &ca, &dir.join("cell2"), &options)?;
 
     // The destination apps on cell 2, then their 10,000 policies.
     let mut keep = Vec::new();
@@ -174,15 +186,12 @@ fn main() -> std::process::ExitCode {
         eprintln!("the system benchmark builds network namespaces: run it as root");
         return std::process::ExitCode::from(2);
     }
-    let pid = std::process::id();
     // Warnings from the parts under test (RUST_LOG=info shows what each reconcile did).
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    clean_up_on_signal(
-        ["nftables", "iptables"].map(|b| std::env::temp_dir().join(format!("c2c-bench-{b}-{pid}"))).to_vec(),
-    );
+    clean_up_on_signal(&["c2c-bench"]);
     let asked: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let mut failed = false;
     for backend in ["nftables", "iptables"] {

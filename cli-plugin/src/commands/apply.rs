@@ -4,13 +4,29 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use policy_client::types::Policy;
+use policy_client::types::{Policies, Policy};
 use serde::Deserialize;
 
+use super::{Kind, Session, Spec, Ui, api_error};
 use crate::cloud_controller::CloudController;
-use crate::commands::{parse_port, parse_protocol};
 use crate::errors::CommandError;
+use crate::flags::{parse_port, parse_protocol};
 use crate::target::Target;
+
+pub const SPEC: Spec = Spec {
+    kind: Kind::Apply,
+    name: "c2c-apply",
+    builtin: "c2c-apply",
+    description: "Make the policies of a file exist (YAML or JSON, apps by name)",
+    usage: "CF_NAME c2c-apply FILE [--prune] [--dry-run]\n\n   FILE lists policies by app name; sources are apps of the targeted space:\n     policies:\n       - source: frontend\n         destination: backend\n         protocol: tcp          # default tcp\n         ports: 8080-8090       # or port: 8080; default 8080\n         space: backend-space   # destination space, default the targeted one\n         org: backend-org       # destination org, default the targeted one",
+    examples: &["CF_NAME c2c-apply policies.yml --dry-run", "CF_NAME c2c-apply policies.yml --prune"],
+    options: &[
+        ("prune", "Also remove policies from the file's source apps that the file does not list"),
+        ("dry-run", "Show what would change, change nothing"),
+    ],
+    switches: &["prune", "dry-run"],
+    see_also: "c2c-add-policy, c2c-policies, c2c-remove-policy",
+};
 
 /// One entry of the file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -22,7 +38,7 @@ pub struct Entry {
     pub protocol: Option<String>,
     /// `8080` or `8080-8090`.
     #[serde(default, alias = "port")]
-    pub ports: Option<serde_yaml::Value>,
+    pub ports: Option<serde_norway::Value>,
     /// Destination space (default: the targeted space).
     #[serde(default)]
     pub space: Option<String>,
@@ -41,7 +57,7 @@ pub struct File {
 pub fn read(path: &Path) -> Result<File, CommandError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CommandError::Message(format!("Cannot read {}: {e}", path.display())))?;
-    let file: File = serde_yaml::from_str(&text)
+    let file: File = serde_norway::from_str(&text)
         .map_err(|e| CommandError::Message(format!("{} is not a valid policy file: {e}", path.display())))?;
     for e in &file.policies {
         if e.org.is_some() && e.space.is_none() {
@@ -59,13 +75,13 @@ pub fn read(path: &Path) -> Result<File, CommandError> {
 fn ports_of(e: &Entry) -> Result<(i32, i32), CommandError> {
     match &e.ports {
         None => Ok((8080, 8080)),
-        Some(serde_yaml::Value::Number(n)) => {
+        Some(serde_norway::Value::Number(n)) => {
             let p = n.as_i64().and_then(|p| i32::try_from(p).ok()).ok_or_else(|| {
                 CommandError::Message(format!("invalid port {n} in the policy {} -> {}", e.source, e.destination))
             })?;
             Ok((p, p))
         }
-        Some(serde_yaml::Value::String(s)) => parse_port(s).map_err(|_| {
+        Some(serde_norway::Value::String(s)) => parse_port(s).map_err(|_| {
             CommandError::Message(format!("invalid ports {s:?} in the policy {} -> {}", e.source, e.destination))
         }),
         Some(other) => Err(CommandError::Message(format!(
@@ -152,4 +168,40 @@ pub async fn plan(
         }
     }
     Ok(plan)
+}
+
+pub(crate) async fn run(
+    s: &Session<'_>,
+    file: &str,
+    prune: bool,
+    dry_run: bool,
+    ui: &mut Ui<'_>,
+) -> Result<(), CommandError> {
+    let target = s.target;
+    let (org, space, user) = (&target.org.1, &target.space.1, &target.user);
+    let wanted = read(Path::new(file))?;
+    ui.say(&format!("Applying network policies from {file} in org {org} / space {space} as {user}..."));
+    let plan = plan(&s.cc, target, &s.policies, &wanted, prune).await?;
+    for p in &plan.create {
+        ui.say(&format!("+ {}", plan.describe(p)));
+    }
+    for p in &plan.delete {
+        ui.say(&format!("- {}", plan.describe(p)));
+    }
+    if plan.create.is_empty() && plan.delete.is_empty() {
+        ui.say("Nothing to change.");
+    }
+    if dry_run {
+        ui.say("(dry run: nothing was changed)");
+    } else {
+        if !plan.create.is_empty() {
+            s.policies.create_policies(&Policies { policies: plan.create.clone() }).await.map_err(api_error)?;
+        }
+        if !plan.delete.is_empty() {
+            s.policies.delete_policies(&Policies { policies: plan.delete.clone() }).await.map_err(api_error)?;
+        }
+    }
+    ui.say("OK");
+    ui.say("");
+    Ok(())
 }

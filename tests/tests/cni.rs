@@ -3,25 +3,20 @@
 //! errors as CNI error JSON, ADD rolled back when it cannot finish, idempotent DEL. Needs
 //! root and the Debian package (CI installs it).
 
+use std::path::Path;
 use std::process::Command;
 
-mod common;
-use common::*;
-
-struct Out {
-    code: i32,
-    stdout: String,
-}
+use harness::cni::{Invocation, Outcome, c2c_cni as c2c_cni_binary, run};
+use harness::lab::{Netns, require_root};
 
 /// Runs a CNI plugin inside the cell's namespace (where a runtime would run it).
-fn plugin(binary: &str, cell: &Netns, command: &str, container: &str, netns: &str, conf: &str) -> Out {
-    let (code, stdout) =
-        run_plugin(binary, cell, command, container, netns, "IgnoreUnknown=1;app_id=app-a;space_id=space-1", conf);
-    Out { code, stdout }
+fn plugin(binary: &Path, cell: &Netns, command: &str, container: &str, netns: &str, conf: &str) -> Outcome {
+    let args = "IgnoreUnknown=1;app_id=app-a;space_id=space-1";
+    run(binary, cell, &Invocation { command, container, netns, args, conf })
 }
 
-fn c2c_cni(cell: &Netns, command: &str, container: &str, netns: &str, conf: &str) -> Out {
-    plugin(env!("CARGO_BIN_EXE_c2c-cni"), cell, command, container, netns, conf)
+fn c2c_cni(cell: &Netns, command: &str, container: &str, netns: &str, conf: &str) -> Outcome {
+    plugin(&c2c_cni_binary(), cell, command, container, netns, conf)
 }
 
 #[test]
@@ -33,11 +28,9 @@ fn add_check_chain_del() {
     );
     let cell = Netns::new("cell");
     let ctr = Netns::new("ctr");
-    let state = std::env::temp_dir().join(format!("c2c-cni-state-{}", std::process::id()));
-    let conf = format!(
-        r#"{{"cniVersion":"1.0.0","name":"c2c","type":"c2c-cni","stateDir":"{}","agent":""}}"#,
-        state.display()
-    );
+    let dir = harness::scratch::TempDir::new("c2c-cni-state");
+    let state = dir.path().to_path_buf();
+    let conf = harness::cni::conf(&state, "");
 
     // Before netagent wrote the cell's state: try again later.
     let out = c2c_cni(&cell, "ADD", "c1", &ctr.path(), &conf);
@@ -71,7 +64,7 @@ fn add_check_chain_del() {
         r#"{{"cniVersion":"1.0.0","name":"c2c","type":"tuning","sysctl":{{"net.ipv4.conf.eth0.log_martians":"1"}},"prevResult":{}}}"#,
         out.stdout.trim()
     );
-    let tuned = plugin("/usr/lib/cni/tuning", &cell, "ADD", "c1", &ctr.path(), &chained);
+    let tuned = plugin(Path::new("/usr/lib/cni/tuning"), &cell, "ADD", "c1", &ctr.path(), &chained);
     assert_eq!(tuned.code, 0, "tuning refused our result: {}", tuned.stdout);
 
     let out = c2c_cni(&cell, "CHECK", "c1", &ctr.path(), &conf);
@@ -101,5 +94,4 @@ fn add_check_chain_del() {
     let out = c2c_cni(&cell, "VERSION", "", "", "");
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert!(v["supportedVersions"].as_array().unwrap().iter().any(|x| x == "1.0.0"));
-    let _ = std::fs::remove_dir_all(state);
 }

@@ -3,8 +3,8 @@
 
 #[test]
 fn the_demo_runs_and_cleans_up() {
-    assert!(nix::unistd::geteuid().is_root(), "the demo needs root (CI runs as root)");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_demo")).output().unwrap();
+    harness::lab::require_root();
+    let out = std::process::Command::new(harness::bins::path("demo")).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("as the policies say"), "{stdout}");

@@ -9,8 +9,8 @@ use std::process::Command;
 use netagent::netlink::{Netlink, converge};
 use netagent::overlay::{Lease, OverlaySettings, plan};
 
-mod common;
-use common::*;
+use harness::lab::*;
+use harness::probes::*;
 
 fn settings() -> OverlaySettings {
     OverlaySettings {
@@ -124,15 +124,9 @@ fn containers_on_two_cells_talk_tcp_and_udp() {
     add_container(c2, &b, ip_b);
     add_container(c1, &local, ip_c);
 
-    let server = echo_servers(&b, ip_b, 8080);
-    assert_eq!(talk(&a, ip_b, 8080), (true, true), "cell 1 container reaches cell 2 container:\n{}", dump(c1));
-    server.join().unwrap();
-    let server = echo_servers(&a, ip_a, 9090);
-    assert_eq!(talk(&b, ip_a, 9090), (true, true), "and back");
-    server.join().unwrap();
-    let server = echo_servers(&local, ip_c, 7070);
-    assert_eq!(talk(&a, ip_c, 7070), (true, true), "two containers on one cell");
-    server.join().unwrap();
+    assert_eq!(exchange(&a, &b, ip_b, 8080), (true, true), "cell 1 container reaches cell 2 container:\n{}", dump(c1));
+    assert_eq!(exchange(&b, &a, ip_a, 9090), (true, true), "and back");
+    assert_eq!(exchange(&a, &local, ip_c, 7070), (true, true), "two containers on one cell");
 
     // The container side looks like Silk's.
     let out = Command::new("ip").args(["-n", &a.0, "-4", "addr", "show", "eth0"]).output().unwrap();

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
+use harness::scratch::TempDir;
+
 /// Builds the Go peer once per test run. Needs Debian's `golang-go` (CI installs it).
 fn go_peer() -> PathBuf {
     static PEER: OnceLock<PathBuf> = OnceLock::new();
@@ -32,36 +34,27 @@ fn go_peer() -> PathBuf {
     .clone()
 }
 
+/// The plugin binary of this build.
+fn cf_c2c() -> PathBuf {
+    harness::bins::path("cf-c2c")
+}
+
 struct World {
     cf: testkit::Cf,
     server: policy_api::Server,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    _dir: TempDir,
 }
 
 async fn world() -> World {
     let cf = testkit::Cf::start().await.unwrap();
-    let dir = std::env::temp_dir().join(format!("c2c-plugin-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = format!("sqlite://{}/p.db?mode=rwc", dir.display());
+    let dir = TempDir::new("c2c-plugin");
+    let db = format!("sqlite://{}?mode=rwc", dir.join("p.db").display());
     let mut config = policy_api::dev::config_for_doubles(&cf, &db);
     config.tag_length = 1;
     config.cloud_controller.cache_ttl_secs = 0;
     let server = policy_api::Server::start(&config).await.unwrap();
     cf.cc.set_policy_server_url(&server.url());
-    World { cf, server, _dir: tempdir::Dir(dir) }
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    World { cf, server, _dir: dir }
 }
 
 struct Run {
@@ -79,13 +72,14 @@ async fn cf(w: &World, user: &str, args: &[&str]) -> Run {
 async fn cf_with_token(w: &World, user: &str, token: String, args: &[&str]) -> Run {
     let peer = go_peer();
     let api = w.cf.cc.url();
-    let metadata = std::env::temp_dir().join(format!("c2c-meta-{}", rand_suffix()));
+    let scratch = TempDir::new("c2c-meta");
+    let metadata = scratch.join("metadata.json");
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let meta = metadata.clone();
     let user = user.to_string();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(peer)
-            .arg(env!("CARGO_BIN_EXE_cf-c2c"))
+            .arg(cf_c2c())
             .args(&args)
             .env("PEER_TOKEN", token)
             .env("PEER_API", api)
@@ -100,7 +94,6 @@ async fn cf_with_token(w: &World, user: &str, token: String, args: &[&str]) -> R
     })
     .await
     .unwrap();
-    let _ = std::fs::remove_file(metadata);
     Run {
         code: out.status.code().unwrap_or(-1),
         out: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -111,13 +104,10 @@ async fn cf_with_token(w: &World, user: &str, token: String, args: &[&str]) -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_metadata_through_go_net_rpc() {
     let _w = world().await;
-    let out = std::env::temp_dir().join(format!("c2c-meta-{}", rand_suffix()));
-    let status = Command::new(go_peer())
-        .arg(env!("CARGO_BIN_EXE_cf-c2c"))
-        .arg("SendMetadata")
-        .env("PEER_METADATA_OUT", &out)
-        .status()
-        .unwrap();
+    let scratch = TempDir::new("c2c-meta");
+    let out = scratch.join("metadata.json");
+    let status =
+        Command::new(go_peer()).arg(cf_c2c()).arg("SendMetadata").env("PEER_METADATA_OUT", &out).status().unwrap();
     assert!(status.success());
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(meta["Name"], "c2c");
@@ -127,7 +117,6 @@ async fn send_metadata_through_go_net_rpc() {
     assert_eq!(add["HelpText"], "Create policy to allow direct network traffic from one app to another");
     assert_eq!(add["UsageDetails"]["Options"]["protocol"], "Protocol to connect apps with (Default: tcp)");
     assert_eq!(meta["LibraryVersion"]["Major"], 1);
-    let _ = std::fs::remove_file(out);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,16 +213,6 @@ async fn errors_print_cf_messages_and_fail() {
     assert!(r.err.starts_with("Request error"), "{}", r.err);
 }
 
-#[test]
-fn without_cf_it_says_how_it_is_used() {
-    let out = Command::new(env!("CARGO_BIN_EXE_cf-c2c")).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("This cf CLI plugin is not intended to be run on its own\n\n"), "{err}");
-    assert!(err.contains("cf install-plugin ./cf-c2c"), "{err}");
-    assert!(err.contains("cf-c2c network-policies"), "{err}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uninstall_hook_exits_zero() {
     let w = world().await;
@@ -258,7 +237,8 @@ async fn standalone_with_the_cf_config() {
         .unwrap();
     let expired =
         w.cf.uaa.user_token_with("admin", testkit::TokenRequest { lifetime_secs: Some(-10), ..Default::default() });
-    let home = std::env::temp_dir().join(format!("c2c-cf-home-{}", rand_suffix()));
+    let scratch = TempDir::new("c2c-cf-home");
+    let home = scratch.path().to_path_buf();
     std::fs::create_dir_all(home.join(".cf")).unwrap();
     let config = serde_json::json!({
         "ConfigVersion": 3,
@@ -276,9 +256,7 @@ async fn standalone_with_the_cf_config() {
     std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
     let run = |args: Vec<&'static str>| {
         let home = home.clone();
-        tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_cf-c2c")).args(args).env("CF_HOME", home).output().unwrap()
-        })
+        tokio::task::spawn_blocking(move || Command::new(cf_c2c()).args(args).env("CF_HOME", home).output().unwrap())
     };
     let out = run(vec!["add-network-policy", "app-1", "app-2", "--protocol", "udp", "--port", "53"]).await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -308,7 +286,6 @@ async fn standalone_with_the_cf_config() {
     std::fs::write(&path, r#"{"Target": "http://127.0.0.1:1"}"#).unwrap();
     let out = run(vec!["network-policies"]).await.unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let _ = std::fs::remove_dir_all(home);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,8 +308,7 @@ async fn json_output_check_and_apply() {
     assert_eq!(r.code, 1);
     assert_eq!(r.err, "Not allowed: no policy lets app-1 reach app-2 on udp port 8085.\n");
 
-    let dir = std::env::temp_dir().join(format!("c2c-apply-{}", rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("c2c-apply");
     let file = dir.join("policies.yml");
     std::fs::write(
         &file,
@@ -364,5 +340,4 @@ async fn json_output_check_and_apply() {
     let r = cf(&w, "admin", &["c2c-apply", path]).await;
     assert_eq!(r.code, 1);
     assert!(r.err.contains("is not a valid policy file"), "{}", r.err);
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,0 +1,48 @@
+//! Exponential back-off between retries against the control plane or the kernel.
+
+use std::time::Duration;
+
+/// Doubles from `initial` up to `max`; [`Backoff::reset`] after a success.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff { initial, max, current: initial }
+    }
+
+    /// The wait before the next try; the one after it is twice as long, up to the cap.
+    pub fn next_wait(&mut self) -> Duration {
+        let wait = self.current;
+        self.current = (self.current * 2).min(self.max);
+        wait
+    }
+
+    /// The wait the next [`Backoff::next_wait`] will return.
+    pub fn peek(&self) -> Duration {
+        self.current
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_to_the_cap_and_resets() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(200), ms(1000));
+        let waits: Vec<Duration> = (0..5).map(|_| b.next_wait()).collect();
+        assert_eq!(waits, [ms(200), ms(400), ms(800), ms(1000), ms(1000)]);
+        b.reset();
+        assert_eq!(b.peek(), ms(200));
+    }
+}

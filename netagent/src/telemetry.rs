@@ -1,0 +1,101 @@
+//! netagent's Prometheus metrics (docs/metrics.md), through the `metrics` crate like the
+//! server's. Each agent has its own recorder rather than the process-wide one: the system
+//! tests and the demo run several cells' agents in one process, and each must report only
+//! its own figures.
+
+use metrics::{Counter, Gauge, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// Handles to every metric of one agent, and what renders them.
+pub struct Telemetry {
+    handle: PrometheusHandle,
+    pub converges: Counter,
+    pub renew_failures: Counter,
+    pub applies_diff: Counter,
+    pub applies_full: Counter,
+    pub apply_errors: Counter,
+    pub policies: Gauge,
+    pub allow_entries: Gauge,
+    pub last_apply_seconds: Gauge,
+    pub enforcement_disabled: Gauge,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Telemetry")
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Telemetry {
+        let recorder: PrometheusRecorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe(&recorder);
+            Telemetry {
+                handle,
+                converges: metrics::counter!("c2c_netagent_converges_total"),
+                renew_failures: metrics::counter!("c2c_netagent_renew_failures_total"),
+                applies_diff: metrics::counter!("c2c_netagent_policy_applies_total", "kind" => "diff"),
+                applies_full: metrics::counter!("c2c_netagent_policy_applies_total", "kind" => "full"),
+                apply_errors: metrics::counter!("c2c_netagent_policy_apply_errors_total"),
+                policies: metrics::gauge!("c2c_netagent_policies"),
+                allow_entries: metrics::gauge!("c2c_netagent_allow_entries"),
+                last_apply_seconds: metrics::gauge!("c2c_netagent_last_apply_seconds"),
+                enforcement_disabled: metrics::gauge!("c2c_netagent_enforcement_disabled"),
+            }
+        })
+    }
+
+    /// Prometheus' text format.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry::new()
+    }
+}
+
+fn describe(recorder: &PrometheusRecorder) {
+    use metrics::{KeyName, SharedString, Unit};
+    let help = |name: &'static str, text: &'static str| {
+        (KeyName::from_const_str(name), Option::<Unit>::None, SharedString::const_str(text))
+    };
+    for (name, unit, text) in [
+        help("c2c_netagent_converges_total", "Overlay convergence cycles completed."),
+        help("c2c_netagent_renew_failures_total", "Lease renewals that failed."),
+        help("c2c_netagent_policy_applies_total", "Changes applied to the kernel, by kind."),
+        help("c2c_netagent_policy_apply_errors_total", "Changes the kernel refused."),
+    ] {
+        recorder.describe_counter(name, unit, text);
+    }
+    for (name, unit, text) in [
+        help("c2c_netagent_policies", "Policies concerning this cell's apps."),
+        help("c2c_netagent_allow_entries", "Allow entries installed."),
+        help("c2c_netagent_last_apply_seconds", "Time the last change took in the kernel."),
+        help("c2c_netagent_enforcement_disabled", "1 when enforcement = \"none\": no policy is enforced."),
+    ] {
+        recorder.describe_gauge(name, unit, text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_agents_report_their_own_figures() {
+        let (a, b) = (Telemetry::new(), Telemetry::new());
+        a.policies.set(3.0);
+        a.applies_diff.increment(2);
+        b.policies.set(7.0);
+        let text = a.render();
+        assert!(text.contains("c2c_netagent_policies 3"), "{text}");
+        assert!(text.contains("c2c_netagent_policy_applies_total{kind=\"diff\"} 2"), "{text}");
+        assert!(text.contains("# HELP c2c_netagent_policies Policies concerning"), "{text}");
+        assert!(b.render().contains("c2c_netagent_policies 7"));
+    }
+}
