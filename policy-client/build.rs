@@ -19,9 +19,9 @@ fn main() {
         }
     }
 
-    let mut settings = progenitor::GenerationSettings::default();
-    settings.with_interface(progenitor::InterfaceStyle::Positional).with_derive("PartialEq");
-    let mut generator = progenitor::Generator::new(&settings);
+    let mut settings = progenitor_impl::GenerationSettings::default();
+    settings.with_interface(progenitor_impl::InterfaceStyle::Positional).with_derive("PartialEq");
+    let mut generator = progenitor_impl::Generator::new(&settings);
     let tokens =
         generator.generate_tokens(&spec).unwrap_or_else(|e| panic!("progenitor rejected {}: {e}", spec_path.display()));
 

@@ -22,11 +22,6 @@ impl Backoff {
         wait
     }
 
-    /// The wait the next [`Backoff::next_wait`] will return.
-    pub fn peek(&self) -> Duration {
-        self.current
-    }
-
     pub fn reset(&mut self) {
         self.current = self.initial;
     }
@@ -43,6 +38,6 @@ mod tests {
         let waits: Vec<Duration> = (0..5).map(|_| b.next_wait()).collect();
         assert_eq!(waits, [ms(200), ms(400), ms(800), ms(1000), ms(1000)]);
         b.reset();
-        assert_eq!(b.peek(), ms(200));
+        assert_eq!(b.next_wait(), ms(200));
     }
 }

@@ -5,23 +5,16 @@
 //! non-admins ("cannot be found or accessed" now means what it says); upstream let unknown
 //! ids through and relied on the cleanup to remove them later.
 
-use std::collections::HashSet;
-
 use crate::auth::Identity;
 use crate::cloud_controller::{CcError, CloudController};
-use crate::policy::Policy;
+use crate::policy::{Policy, apps_of};
 
 /// Whether `caller` may create or delete all of `policies`.
 pub async fn may_change(cc: &CloudController, caller: &Identity, policies: &[Policy]) -> Result<bool, CcError> {
     if caller.is_admin() {
         return Ok(true);
     }
-    let apps: Vec<String> = policies
-        .iter()
-        .flat_map(|p| [p.source.clone(), p.destination.clone()])
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
+    let apps = apps_of(policies);
     let spaces = cc.app_spaces(&apps, false).await?;
     if spaces.len() < apps.len() {
         return Ok(false);
@@ -43,15 +36,7 @@ where
     if caller.is_admin() {
         return Ok(policies);
     }
-    let apps: Vec<String> = policies
-        .iter()
-        .flat_map(|t| {
-            let p = policy_of(t);
-            [p.source.clone(), p.destination.clone()]
-        })
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
+    let apps = apps_of(policies.iter().map(&policy_of));
     if apps.is_empty() {
         return Ok(policies);
     }

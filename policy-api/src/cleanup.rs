@@ -1,8 +1,6 @@
 //! Stale-policy cleanup: policies whose source or destination is no longer an app in Cloud
 //! Controller are deleted, periodically and on demand (`POST .../policies/cleanup`).
 
-use std::collections::HashSet;
-
 use crate::cloud_controller::{CcError, CloudController};
 use crate::policy::{Policy, PolicyFilter};
 use crate::store::{Store, StoreError};
@@ -21,12 +19,7 @@ pub enum CleanupError {
 pub async fn run_once(store: &Store, cc: &CloudController) -> Result<Vec<Policy>, CleanupError> {
     let all: Vec<Policy> =
         store.list(&PolicyFilter::All).await.map_err(CleanupError::Read)?.into_iter().map(|t| t.policy).collect();
-    let apps: Vec<String> = all
-        .iter()
-        .flat_map(|p| [p.source.clone(), p.destination.clone()])
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
+    let apps = crate::policy::apps_of(&all);
     let live = cc.app_spaces(&apps, true).await?;
     let stale: Vec<Policy> =
         all.iter().filter(|p| !live.contains_key(&p.source) || !live.contains_key(&p.destination)).cloned().collect();

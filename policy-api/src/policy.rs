@@ -102,6 +102,13 @@ impl PolicyFilter {
 }
 
 /// Renders a tag as upstream does: upper-case hex, zero-padded to `2 × tag_length` digits.
+/// Every app a set of policies names, as source or destination: distinct, sorted.
+pub fn apps_of<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Vec<String> {
+    let apps: std::collections::BTreeSet<&str> =
+        policies.into_iter().flat_map(|p| [p.source.as_str(), p.destination.as_str()]).collect();
+    apps.into_iter().map(str::to_string).collect()
+}
+
 pub fn format_tag(id: i64, tag_length: u8) -> String {
     format!("{:0width$X}", id, width = usize::from(tag_length) * 2)
 }

@@ -1,13 +1,13 @@
 //! `max_policies_per_app_source` for non-admins, exactly as upstream counts it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::policy::Policy;
 
 /// Every app mentioned in the request (as source or destination), whose outbound policies
 /// the check must count.
 pub fn apps_to_count(request: &[Policy]) -> Vec<String> {
-    request.iter().flat_map(|p| [p.source.clone(), p.destination.clone()]).collect::<HashSet<_>>().into_iter().collect()
+    crate::policy::apps_of(request)
 }
 
 /// True when, for some app in the request, existing outbound policies plus requested ones

@@ -3,7 +3,7 @@
 //! `10.254.250.254`. Policies go through the generated client as an admin, as a user's
 //! would.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -27,7 +27,6 @@ type Request = (Change, Vec<Policy>, mpsc::Sender<Result<(), String>>);
 pub struct ControlPlane {
     /// The cells' API port on [`ADDRESS`].
     pub port: u16,
-    database: PathBuf,
     requests: Option<mpsc::Sender<Request>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -38,8 +37,7 @@ impl ControlPlane {
     pub fn start(ns: &Netns, ca: &testkit::pki::TestCa, dir: &Path) -> anyhow::Result<ControlPlane> {
         let server_cert = ca.server("policy-server", &[ADDRESS]);
         let path = ns.path();
-        let database = dir.join("policy.db");
-        let db = format!("sqlite://{}?mode=rwc", database.display());
+        let db = format!("sqlite://{}?mode=rwc", dir.join("policy.db").display());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<u16, String>>();
         let (req_tx, req_rx) = mpsc::channel::<Request>();
         let thread = std::thread::spawn(move || {
@@ -88,17 +86,12 @@ impl ControlPlane {
             .recv_timeout(Duration::from_secs(120))
             .context("the control plane did not start")?
             .map_err(anyhow::Error::msg)?;
-        Ok(ControlPlane { port, database, requests: Some(req_tx), thread: Some(thread) })
+        Ok(ControlPlane { port, requests: Some(req_tx), thread: Some(thread) })
     }
 
     /// The cells' API URL, as cells reach it over the fabric.
     pub fn url(&self) -> String {
         format!("https://{ADDRESS}:{}", self.port)
-    }
-
-    /// The SQLite file behind it.
-    pub fn database(&self) -> &Path {
-        &self.database
     }
 
     fn ask(&self, change: Change, policies: Vec<Policy>) -> anyhow::Result<()> {

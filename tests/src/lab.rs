@@ -101,12 +101,6 @@ impl Netns {
         full.extend_from_slice(args);
         ok(&full)
     }
-
-    /// What a command run inside this namespace prints (stdout and stderr).
-    pub fn output(&self, args: &[&str]) -> String {
-        let o = Command::new("ip").args(["netns", "exec", &self.0]).args(args).output().unwrap();
-        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-    }
 }
 
 impl Drop for Netns {

@@ -17,13 +17,28 @@ const CLIENT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// A server that nothing ever reaches gives up after this long, so a failing test ends.
 const SERVER_BACKSTOP: Duration = Duration::from_secs(30);
 
+/// A server thread, told to stop and joined when dropped.
+struct Serving {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Binds inside `ns` on a new thread, reports the bind (or its error) before serving, and
 /// serves with `serve` until it returns or `stop` is set.
 fn serve_in<S: Send + 'static>(
     ns: &Netns,
     bind: impl FnOnce() -> std::io::Result<S> + Send + 'static,
     serve: impl FnOnce(S, &AtomicBool) + Send + 'static,
-) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+) -> Serving {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -35,7 +50,7 @@ fn serve_in<S: Send + 'static>(
         Err(e) => ready_tx.send(Err(e)).unwrap(),
     });
     match ready_rx.recv() {
-        Ok(Ok(())) => (stop, thread),
+        Ok(Ok(())) => Serving { stop, thread: Some(thread) },
         Ok(Err(e)) => panic!("binding a probe server in {}: {e}", ns.0),
         Err(_) => panic!("the probe server thread in {} died before binding", ns.0),
     }
@@ -44,8 +59,7 @@ fn serve_in<S: Send + 'static>(
 /// A TCP echo and a UDP echo on `ip:port` inside a namespace, each answering one exchange.
 /// Dropping it stops it.
 pub struct EchoServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _serving: Serving,
 }
 
 impl EchoServer {
@@ -57,10 +71,12 @@ impl EchoServer {
             udp.set_read_timeout(Some(Duration::from_millis(20)))?;
             Ok((tcp, udp))
         };
-        let (stop, thread) = serve_in(ns, bind, |(tcp, udp), stop| {
+        let serving = serve_in(ns, bind, |(tcp, udp), stop| {
             let started = Instant::now();
             let (mut tcp_done, mut udp_done) = (false, false);
-            while !stop.load(Ordering::Relaxed) && !(tcp_done && udp_done) && started.elapsed() < SERVER_BACKSTOP {
+            let finished = |tcp_done: bool, udp_done: bool| tcp_done && udp_done;
+            while !stop.load(Ordering::Relaxed) && !finished(tcp_done, udp_done) && started.elapsed() < SERVER_BACKSTOP
+            {
                 if !tcp_done && let Ok((mut conn, _)) = tcp.accept() {
                     let _ = conn.set_nonblocking(false);
                     let _ = conn.set_read_timeout(Some(CLIENT_TIMEOUT * 2));
@@ -77,16 +93,7 @@ impl EchoServer {
                 }
             }
         });
-        EchoServer { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        EchoServer { _serving: serving }
     }
 }
 
@@ -122,8 +129,7 @@ pub fn exchange(from: &Netns, to: &Netns, ip: Ipv4Addr, port: u16) -> (bool, boo
 
 /// A TCP listener inside a namespace accepting (and closing) connections until dropped.
 pub struct TcpServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _serving: Serving,
 }
 
 impl TcpServer {
@@ -133,23 +139,14 @@ impl TcpServer {
             l.set_nonblocking(true)?;
             Ok(l)
         };
-        let (stop, thread) = serve_in(ns, bind, |listener, stop| {
+        let serving = serve_in(ns, bind, |listener, stop| {
             while !stop.load(Ordering::Relaxed) {
                 if listener.accept().is_err() {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }
         });
-        TcpServer { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for TcpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        TcpServer { _serving: serving }
     }
 }
 
@@ -163,13 +160,13 @@ pub fn connects(ns: &Netns, ip: Ipv4Addr, port: u16, timeout: Duration) -> bool 
 pub struct LineConnection {
     client: TcpStream,
     reader: std::io::BufReader<TcpStream>,
-    server: Option<std::thread::JoinHandle<()>>,
+    server: Option<Serving>,
 }
 
 impl LineConnection {
     pub fn open(from: &Netns, to: &Netns, ip: Ipv4Addr, port: u16) -> LineConnection {
         let bind = move || TcpListener::bind((ip, port));
-        let (_stop, server) = serve_in(to, bind, |listener, _| {
+        let server = serve_in(to, bind, |listener, _| {
             let Ok((conn, _)) = listener.accept() else { return };
             let Ok(read_half) = conn.try_clone() else { return };
             let mut reader = std::io::BufReader::new(read_half);
@@ -201,8 +198,6 @@ impl LineConnection {
 impl Drop for LineConnection {
     fn drop(&mut self) {
         let _ = self.client.shutdown(std::net::Shutdown::Both);
-        if let Some(t) = self.server.take() {
-            let _ = t.join();
-        }
+        drop(self.server.take());
     }
 }

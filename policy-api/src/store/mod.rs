@@ -226,7 +226,10 @@ async fn fetch<T: FromQueryResult, C: ConnectionTrait>(db: &C, stmt: &SelectStat
 }
 
 /// Runs a select and reads its first row, if any, into `T` by column name.
-async fn fetch_one<T: FromQueryResult, C: ConnectionTrait>(db: &C, stmt: &SelectStatement) -> Result<Option<T>, StoreError> {
+async fn fetch_one<T: FromQueryResult, C: ConnectionTrait>(
+    db: &C,
+    stmt: &SelectStatement,
+) -> Result<Option<T>, StoreError> {
     match db.query_one(stmt).await? {
         Some(r) => Ok(Some(T::from_query_result(&r, "")?)),
         None => Ok(None),

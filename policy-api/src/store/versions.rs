@@ -107,4 +107,3 @@ pub(super) async fn bump_change(txn: &DatabaseTransaction, name: &str) -> Result
     txn.execute(&update).await?;
     Ok(())
 }
-

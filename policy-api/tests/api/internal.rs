@@ -86,7 +86,10 @@ pub async fn etags_and_304(backend: Backend) {
     ));
     // A change elsewhere does not change this cell's answer.
     h.admin().create_policies(&Policies { policies: vec![p("app-3", "app-3", 2)] }).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the other change in the snapshot", || async {
+        cell.internal_policies(None, None, None).await.unwrap().into_inner().total_policies == 2
+    })
+    .await;
     assert!(matches!(
         watched(cell.internal_policies(Some("app-1"), None, Some(&etag)).await).unwrap(),
         Watched::NotModified
@@ -254,13 +257,16 @@ pub async fn leases_like_silk(backend: Backend) {
     cell.release_lease(&types::ReleaseRequest { underlay_ip: "10.0.0.3".into() }).await.unwrap();
     cell.acquire_lease(&acquire("10.0.0.4")).await.unwrap();
 
-    // Leases expire unless renewed; an expired one goes to a new cell when the pool is full.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    cell.renew_lease(&a).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-    let active: Vec<String> =
-        cell.list_leases().await.unwrap().into_inner().leases.into_iter().map(|l| l.underlay_ip).collect();
-    assert_eq!(active, vec!["10.0.0.1".to_string()], "only the renewed lease is active");
+    // Leases expire unless renewed (times are whole seconds, so no fixed wait is exact):
+    // `a` is renewed until the others have expired. An expired lease goes to a new cell when
+    // the pool is full.
+    eventually("only the renewed lease is active", || async {
+        cell.renew_lease(&a).await.unwrap();
+        let active: Vec<String> =
+            cell.list_leases().await.unwrap().into_inner().leases.into_iter().map(|l| l.underlay_ip).collect();
+        active == vec!["10.0.0.1".to_string()]
+    })
+    .await;
     let taken = cell.acquire_lease(&acquire("10.0.0.9")).await.unwrap().into_inner();
     assert_ne!(taken.overlay_subnet, a.overlay_subnet, "the renewed lease is kept");
     // A renew for a lease the store lost re-creates it (controller database loss heals).
