@@ -87,8 +87,10 @@ impl Store {
             let txn = self.db.begin().await?;
             // Allocation must not race with policy creates, but a tag alone changes no policy.
             lock_writers(&txn).await?;
+            // `kind` is the `type` column (upstream's name): read it under the row's name.
             let find = Query::select()
-                .columns([groups::Column::Id, groups::Column::Kind])
+                .column(groups::Column::Id)
+                .expr_as(Expr::col(groups::Column::Kind), Alias::new("kind"))
                 .from(groups::Entity)
                 .and_where(Expr::col(groups::Column::Guid).eq(guid))
                 .to_owned();
