@@ -17,8 +17,15 @@ use tokio::sync::watch;
 use crate::backoff::Backoff;
 use crate::cell_state::{self, CellInfo};
 use crate::config::{Config, Enforcement};
+use crate::enforcement::plan::{CellFacts, HostAccess};
 use crate::netlink::{Netlink, converge};
 use crate::overlay::{Lease, OverlaySettings, plan};
+
+/// Every cell's underlay address and VTEP address (its subnet's first address): what no
+/// container may reach.
+fn cell_addresses(leases: &[Lease]) -> std::collections::BTreeSet<std::net::Ipv4Addr> {
+    leases.iter().flat_map(|l| [l.underlay_ip, l.subnet]).collect()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -58,6 +65,7 @@ fn lease_of(l: &ApiLease) -> Option<Lease> {
 
 struct Shared {
     converged: AtomicBool,
+    enforcement: Enforcement,
     telemetry: Arc<crate::telemetry::Telemetry>,
     policies: Arc<crate::sync::PolicySync>,
 }
@@ -122,9 +130,21 @@ impl Agent {
         let telemetry = Arc::new(crate::telemetry::Telemetry::new());
         telemetry.enforcement_disabled.set(if config.enforcement == Enforcement::None { 1.0 } else { 0.0 });
         let backend = crate::enforcement::backend(config.enforcement);
+        let facts = CellFacts {
+            cells: cell_addresses(std::slice::from_ref(&local)),
+            host: HostAccess {
+                dns: config.container_dns_servers.iter().copied().collect(),
+                tcp_ports: config.container_host_tcp_ports.iter().copied().collect(),
+            },
+        };
         let policies =
-            crate::sync::PolicySync::new(client.clone(), config.state_dir.clone(), backend, telemetry.clone());
-        let shared = Arc::new(Shared { converged: AtomicBool::new(false), telemetry, policies: policies.clone() });
+            crate::sync::PolicySync::new(client.clone(), config.state_dir.clone(), backend, telemetry.clone(), facts);
+        let shared = Arc::new(Shared {
+            converged: AtomicBool::new(false),
+            telemetry,
+            policies: policies.clone(),
+            enforcement: config.enforcement,
+        });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         if config.enforcement == Enforcement::Nftables {
@@ -210,8 +230,11 @@ async fn cycle(
         shared.telemetry.renew_failures.increment(1);
         return Err(AgentError::Lease(e.to_string()));
     }
+    // The control plane answers again: a policy watch waiting out its back-off resumes now.
+    shared.policies.resume.notify_waiters();
     let leases = client.list_leases().await.map_err(|e| AgentError::Lease(e.to_string()))?.into_inner().leases;
     let leases: Vec<Lease> = leases.iter().filter_map(lease_of).collect();
+    shared.policies.set_cells(cell_addresses(&leases)).await;
     let desired = plan(settings, local, &leases);
     let (added, removed) = converge(nl, &desired.vtep, &desired.remotes).await?;
     if added + removed > 0 {
@@ -222,18 +245,31 @@ async fn cycle(
     Ok(())
 }
 
-async fn health(State(shared): State<Arc<Shared>>) -> StatusCode {
-    if shared.converged.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+/// 200 when the overlay is converged and the container store readable; 503 otherwise.
+/// The body says which, and which enforcement runs (`none` is reported, never silent).
+async fn health(State(shared): State<Arc<Shared>>) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let converged = shared.converged.load(Ordering::Relaxed);
+    let degraded = shared.policies.degraded();
+    let status = if converged && !degraded { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({
+        "overlay_converged": converged,
+        "container_store_readable": !degraded,
+        "enforcement": shared.enforcement.as_str(),
+        "policies_enforced": shared.enforcement != Enforcement::None,
+    });
+    (status, axum::Json(body))
 }
 
 /// The CNI plugin's request: enforce policies for the containers as they are now, and
 /// answer when they are in force. (The overlay does not change when a container comes or
 /// goes: its cell's route is already there.)
+/// Answers 503 when the containers' rules are not in the kernel, so the plugin fails the
+/// ADD and rolls it back rather than start an unguarded container.
 async fn reconcile(State(shared): State<Arc<Shared>>) -> StatusCode {
     let started = std::time::Instant::now();
-    shared.policies.reconcile_once().await;
-    tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1e3, "reconciled for the CNI plugin");
-    StatusCode::OK
+    let enforced = shared.policies.reconcile_once().await;
+    tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1e3, enforced, "reconciled for the CNI plugin");
+    if enforced { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> String {

@@ -30,6 +30,14 @@ pub struct Config {
     /// Enforcement backend: `nftables` (the default), `iptables` (upstream's layout), or
     /// `none` (no policy enforcement at all: every container reaches every other).
     pub enforcement: Enforcement,
+    /// The resolvers containers may reach on this cell (TCP and UDP port 53); nothing else
+    /// of the cell is reachable from a container but `container_host_tcp_ports`.
+    pub container_dns_servers: Vec<Ipv4Addr>,
+    /// Host TCP ports containers may reach on this cell (none by default).
+    pub container_host_tcp_ports: Vec<u16>,
+    /// netagent's local API answers on loopback only; set this to listen elsewhere (it has
+    /// no authentication: anyone who reaches it can ask for reconciles and read metrics).
+    pub allow_non_loopback_listen: bool,
     pub log_level: String,
 }
 
@@ -49,6 +57,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 23954)),
             lease_poll_interval_ms: 5000,
             enforcement: Enforcement::Nftables,
+            container_dns_servers: vec![Ipv4Addr::new(169, 254, 0, 2)],
+            container_host_tcp_ports: Vec::new(),
+            allow_non_loopback_listen: false,
             log_level: "info".into(),
         }
     }
@@ -107,6 +118,12 @@ impl Config {
         if !crate::naming::valid_ifname(&self.vtep_name) {
             return Err(ConfigError::Invalid(format!("vtep_name {:?} is not a valid interface name", self.vtep_name)));
         }
+        if !self.listen.ip().is_loopback() && !self.allow_non_loopback_listen {
+            return Err(ConfigError::Invalid(format!(
+                "listen {} is not a loopback address: netagent's local API has no authentication; keep it on 127.0.0.1 or set allow_non_loopback_listen = true",
+                self.listen
+            )));
+        }
         if self.lease_poll_interval_ms == 0 {
             return Err(ConfigError::Invalid("lease_poll_interval_ms must be positive".into()));
         }
@@ -135,6 +152,14 @@ mod tests {
         assert!(toml::from_str::<Config>("unknown = 1").is_err());
         let c: Config = toml::from_str("underlay_ip = \"10.0.0.2\"\nvtep_name = \"a b\"").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_local_api_stays_on_loopback_unless_allowed() {
+        let c: Config = toml::from_str("underlay_ip = \"10.0.0.2\"\nlisten = \"0.0.0.0:23954\"").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("allow_non_loopback_listen"));
+        let c = Config { allow_non_loopback_listen: true, ..c };
+        c.validate().unwrap();
     }
 
     #[test]

@@ -119,6 +119,9 @@ async fn add_inner(nl: &Netlink, netns: &str, ifname: &str, ip: Ipv4Addr, mtu: u
 
     sysctl("net.ipv4.ip_forward", "1")?;
     let _ = sysctl(&format!("net.ipv6.conf.{host}.disable_ipv6"), "1");
+    // Strict reverse-path filtering, as upstream: a packet whose source does not route back
+    // through this veth is dropped (the ruleset checks interface and source too).
+    sysctl(&format!("net.ipv4.conf.{host}.rp_filter"), "1")?;
     let host_link = LinkUnspec::new_with_index(host_index).arp(false).up().build();
     nl.handle().link().set(host_link).execute().await.map_err(nl_err("bring the host veth up"))?;
     add_peer_address(nl, host_index, GATEWAY, ip).await?;

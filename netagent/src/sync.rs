@@ -2,10 +2,17 @@
 //! a watch on the cells' API for the apps on this cell (ETag + `wait`), falling back to
 //! polling, and an immediate reconcile when a container comes or goes. When the control
 //! plane cannot be reached the last ruleset stays in force: nothing is opened or flushed.
+//!
+//! Fail static, everywhere: a container store that cannot be read keeps the last good
+//! container set (and marks the agent degraded); the policies last enforced are kept in
+//! `state_dir/policies.json`, so an agent restarted while the control plane is away covers
+//! new containers with them, not with nothing.
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use policy_client::{Watched, watched};
@@ -13,7 +20,7 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::backoff::Backoff;
 use crate::containers::ContainerStore;
-use crate::enforcement::plan::{LocalContainer, Proto, TaggedPolicy, parse_tag, plan};
+use crate::enforcement::plan::{CellFacts, LocalContainer, Proto, TaggedPolicy, parse_tag, plan_cell};
 use crate::enforcement::{Applied, Enforce};
 use crate::telemetry::Telemetry;
 
@@ -40,7 +47,10 @@ const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 struct State {
     enforcer: Box<dyn Enforce>,
+    facts: CellFacts,
     policies: Vec<TaggedPolicy>,
+    /// What `policies.json` holds (written again only when the policies change).
+    persisted: Vec<TaggedPolicy>,
     etag: Option<String>,
     ids: String,
     /// Whether this agent has enforced at least once (until then, there is nothing of its
@@ -51,17 +61,44 @@ struct State {
 pub struct PolicySync {
     client: policy_client::Client,
     store: ContainerStore,
+    policies_file: PathBuf,
     state: Mutex<State>,
+    /// A container came or went: the watch asks again for the apps there are now.
     pub wake: Notify,
+    /// The control plane answered something else (the lease renewal): a watch waiting out
+    /// its back-off tries again at once.
+    pub resume: Notify,
+    /// The last container set read from the store, kept when the store cannot be read.
+    last_local: std::sync::Mutex<Option<(Vec<LocalContainer>, String)>>,
+    store_failing: AtomicBool,
     telemetry: Arc<Telemetry>,
+}
+
+/// The policies last enforced, kept across restarts.
+fn load_policies(path: &Path) -> Vec<TaggedPolicy> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(file = %path.display(), error = %e, "ignoring unreadable saved policies");
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Writes `policies` to `path` atomically (a temporary file, then a rename).
+fn save_policies(path: &Path, policies: &[TaggedPolicy]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(policies).map_err(std::io::Error::other)?)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Retries after a failed enforcement, and after the control plane could not be reached.
 fn enforce_backoff() -> Backoff {
     Backoff::new(Duration::from_millis(200), Duration::from_secs(5))
 }
+/// Capped at one second: a cell is current within a second of the control plane's return.
 fn watch_backoff() -> Backoff {
-    Backoff::new(Duration::from_millis(200), Duration::from_secs(30))
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(1))
 }
 
 impl PolicySync {
@@ -70,38 +107,77 @@ impl PolicySync {
         state_dir: PathBuf,
         enforcer: Box<dyn Enforce>,
         telemetry: Arc<Telemetry>,
+        facts: CellFacts,
     ) -> Arc<PolicySync> {
+        let policies_file = state_dir.join("policies.json");
+        let saved = load_policies(&policies_file);
+        if !saved.is_empty() {
+            tracing::info!(policies = saved.len(), "enforcing the saved policies until the control plane answers");
+        }
         Arc::new(PolicySync {
             client,
             store: ContainerStore::new(state_dir.join("containers.json")),
+            policies_file,
             state: Mutex::new(State {
                 enforcer,
-                policies: Vec::new(),
+                facts,
+                policies: saved.clone(),
+                persisted: saved,
                 etag: None,
                 ids: String::new(),
                 enforced: false,
             }),
             wake: Notify::new(),
+            resume: Notify::new(),
+            last_local: std::sync::Mutex::new(None),
+            store_failing: AtomicBool::new(false),
             telemetry,
         })
     }
 
-    fn local(&self) -> (Vec<LocalContainer>, String) {
-        let containers: Vec<LocalContainer> = self
-            .store
-            .all()
-            .map(|all| {
-                all.values()
+    /// Whether the container store could not be read the last time it was asked.
+    pub fn degraded(&self) -> bool {
+        self.store_failing.load(Ordering::Relaxed)
+    }
+
+    /// The local containers and their apps' ids; on a store error, the last good ones. None
+    /// when the store has never been read: then nothing may be enforced (an empty set would
+    /// leave every existing container unguarded).
+    fn local(&self) -> Option<(Vec<LocalContainer>, String)> {
+        let mut last = self.last_local.lock().unwrap_or_else(|e| e.into_inner());
+        match self.store.all() {
+            Ok(all) => {
+                let containers: Vec<LocalContainer> = all
+                    .values()
                     .filter_map(|c| {
                         Some(LocalContainer { ip: c.ip.parse().ok()?, app: c.policy_group_id().map(str::to_string) })
                     })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut ids: Vec<String> = containers.iter().filter_map(|c| c.app.clone()).collect();
-        ids.sort();
-        ids.dedup();
-        (containers, ids.join(","))
+                    .collect();
+                let ids: BTreeSet<String> = containers.iter().filter_map(|c| c.app.clone()).collect();
+                let ids = ids.into_iter().collect::<Vec<_>>().join(",");
+                self.store_failing.store(false, Ordering::Relaxed);
+                *last = Some((containers, ids));
+            }
+            Err(e) => {
+                self.telemetry.store_errors.increment(1);
+                if !self.store_failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, "cannot read the container store; keeping the last good containers and ruleset");
+                }
+            }
+        }
+        last.clone()
+    }
+
+    /// Every cell's underlay and VTEP address changed (cells came or went): enforce now.
+    pub async fn set_cells(&self, cells: BTreeSet<Ipv4Addr>) {
+        let mut state = self.state.lock().await;
+        if state.facts.cells == cells {
+            return;
+        }
+        state.facts.cells = cells;
+        if let Some((containers, _)) = self.local() {
+            self.enforce(&mut state, &containers);
+        }
     }
 
     /// Plans and applies; false when the kernel refused (what was there stays in force).
@@ -109,7 +185,7 @@ impl PolicySync {
     /// change is tried again rather than at the next quiet round.
     fn enforce(&self, state: &mut State, containers: &[LocalContainer]) -> bool {
         let started = std::time::Instant::now();
-        let desired = plan(&state.policies, containers);
+        let desired = plan_cell(&state.policies, containers, &state.facts);
         let planned = started.elapsed();
         let result = state.enforcer.reconcile(&desired);
         let applied_in = started.elapsed() - planned;
@@ -117,12 +193,16 @@ impl PolicySync {
         t.policies.set(state.policies.len() as f64);
         state.enforced |= result.is_ok();
         match result {
-            Ok(Applied::Nothing) => true,
+            Ok(Applied::Nothing) => {
+                self.persist(state);
+                true
+            }
             Ok(applied) => {
                 let counter = if applied == Applied::Full { &t.applies_full } else { &t.applies_diff };
                 counter.increment(1);
                 t.allow_entries.set(desired.allows.len() as f64);
                 t.last_apply_seconds.set(applied_in.as_secs_f64());
+                self.persist(state);
                 tracing::info!(
                     ?applied,
                     allows = desired.allows.len(),
@@ -141,10 +221,24 @@ impl PolicySync {
         }
     }
 
+    /// Keeps the policies in force on disk, for a restart without the control plane.
+    fn persist(&self, state: &mut State) {
+        if state.persisted == state.policies {
+            return;
+        }
+        match save_policies(&self.policies_file, &state.policies) {
+            Ok(()) => state.persisted = state.policies.clone(),
+            Err(e) => {
+                tracing::warn!(file = %self.policies_file.display(), error = %e, "cannot save the enforced policies")
+            }
+        }
+    }
+
     /// Now: read the containers, ask for their policies (no wait), enforce. Used when a
-    /// container comes or goes, before the CNI plugin returns.
-    pub async fn reconcile_once(&self) {
-        let (containers, ids) = self.local();
+    /// container comes or goes, before the CNI plugin returns: true only when the
+    /// containers' rules are in the kernel.
+    pub async fn reconcile_once(&self) -> bool {
+        let Some((containers, ids)) = self.local() else { return false };
         let mut state = self.state.lock().await;
         if !ids.is_empty() {
             // A new instance of an app already here changes no policy: the server says so
@@ -164,8 +258,9 @@ impl PolicySync {
         } else {
             state.policies.clear();
         }
-        let _ = self.enforce(&mut state, &containers);
+        let enforced = self.enforce(&mut state, &containers);
         self.wake.notify_one();
+        enforced
     }
 
     /// Repairs the kernel as soon as anyone changes nftables (nftables backend): a thread
@@ -209,7 +304,7 @@ impl PolicySync {
                     heard = rx.recv() => if heard.is_none() { break },
                     _ = stopped.changed() => break,
                 }
-                let (containers, _) = self.local();
+                let Some((containers, _)) = self.local() else { continue };
                 let mut state = self.state.lock().await;
                 if state.enforced {
                     self.enforce(&mut state, &containers);
@@ -224,7 +319,14 @@ impl PolicySync {
         let mut enforce_retry = enforce_backoff();
         let mut watch_retry = watch_backoff();
         loop {
-            let (containers, ids) = self.local();
+            let Some((containers, ids)) = self.local() else {
+                // Nothing known of the containers yet: the kernel keeps what it has.
+                tokio::select! {
+                    _ = tokio::time::sleep(enforce_retry.next_wait()) => continue,
+                    _ = self.wake.notified() => continue,
+                    _ = stopped.changed() => return,
+                }
+            };
             let etag = {
                 let mut state = self.state.lock().await;
                 if state.ids != ids {
@@ -248,7 +350,7 @@ impl PolicySync {
                         // The containers may have changed during the wait: enforce for
                         // those there are now, and when their apps changed, this answer is
                         // for the wrong apps: ask again at once.
-                        let (containers, now) = self.local();
+                        let Some((containers, now)) = self.local() else { continue };
                         if now != ids {
                             continue;
                         }
@@ -281,7 +383,7 @@ impl PolicySync {
                     }
                     Ok(Watched::NotModified) => {
                         // A quiet round: repair whatever someone else changed in the kernel.
-                        let (containers, _) = self.local();
+                        let Some((containers, _)) = self.local() else { continue };
                         watch_retry.reset();
                         if self.enforce(&mut *self.state.lock().await, &containers) {
                             enforce_retry.reset();
@@ -292,6 +394,7 @@ impl PolicySync {
                         tracing::warn!(error = %e, retry_in = ?wait, "policy watch failed; enforcing the last known policies");
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
+                            _ = self.resume.notified() => watch_retry.reset(),
                             _ = stopped.changed() => return,
                         }
                     }

@@ -18,6 +18,7 @@ pub struct Telemetry {
     pub allow_entries: Gauge,
     pub last_apply_seconds: Gauge,
     pub enforcement_disabled: Gauge,
+    pub store_errors: Counter,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -43,6 +44,7 @@ impl Telemetry {
                 allow_entries: metrics::gauge!("c2c_netagent_allow_entries"),
                 last_apply_seconds: metrics::gauge!("c2c_netagent_last_apply_seconds"),
                 enforcement_disabled: metrics::gauge!("c2c_netagent_enforcement_disabled"),
+                store_errors: metrics::counter!("c2c_netagent_container_store_errors_total"),
             }
         })
     }
@@ -69,6 +71,10 @@ fn describe(recorder: &PrometheusRecorder) {
         help("c2c_netagent_renew_failures_total", "Lease renewals that failed."),
         help("c2c_netagent_policy_applies_total", "Changes applied to the kernel, by kind."),
         help("c2c_netagent_policy_apply_errors_total", "Changes the kernel refused."),
+        help(
+            "c2c_netagent_container_store_errors_total",
+            "Reads of the container store that failed (the last good containers stay in force).",
+        ),
     ] {
         recorder.describe_counter(name, unit, text);
     }

@@ -87,6 +87,9 @@ pub struct PortMapping {
     pub protocol: Option<String>,
 }
 
+/// Where netagent listens by default (its `listen`).
+pub const DEFAULT_AGENT: &str = "http://127.0.0.1:23954";
+
 /// The network configuration (stdin).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetConf {
@@ -95,7 +98,8 @@ pub struct NetConf {
     /// Where the cell agent keeps its state (container store, IPAM); default
     /// `/var/vcap/data/c2c`.
     pub state_dir: String,
-    /// The agent's local socket or URL, asked to reconcile after ADD/DEL.
+    /// netagent's local URL, asked to reconcile after ADD/DEL; default netagent's default
+    /// listener, `http://127.0.0.1:23954`. Empty: do not ask (no enforcement guarantee).
     pub agent: String,
     /// Overrides the overlay MTU when non-zero.
     pub mtu: u32,
@@ -154,7 +158,7 @@ impl NetConf {
             cni_version,
             name,
             state_dir: s("stateDir").unwrap_or_else(|| "/var/vcap/data/c2c".into()),
-            agent: s("agent").unwrap_or_else(|| "/var/vcap/data/c2c/agent.sock".into()),
+            agent: s("agent").unwrap_or_else(|| DEFAULT_AGENT.into()),
             mtu,
             port_mappings,
             metadata,

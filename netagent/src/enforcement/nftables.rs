@@ -15,6 +15,7 @@ use std::net::Ipv4Addr;
 use super::nf_netlink::{Element, NfNetlink, NfNetlinkError, SetChange};
 use super::plan::{Allow, Ruleset, RulesetDiff};
 use super::{Applied, EnforceError};
+use crate::naming::host_veth;
 
 pub const TABLE: &str = "c2c";
 
@@ -44,6 +45,38 @@ fn elements<I: IntoIterator<Item = String>>(items: I) -> Option<String> {
     if v.is_empty() { None } else { Some(v.join(", ")) }
 }
 
+/// Matches packets that come from a container (the host ends of container veths).
+const FROM_CONTAINER: &str = "iifname \"s-*\"";
+
+/// The rules of the `input` chain: what containers may reach on the cell itself.
+fn input_rules(rs: &Ruleset) -> Vec<String> {
+    let mut rules = vec![
+        format!("{FROM_CONTAINER} iifname . ip saddr != @sources drop"),
+        format!("{FROM_CONTAINER} ct state established,related accept"),
+    ];
+    if let Some(dns) = elements(rs.host.dns.iter().map(|ip| ip.to_string())) {
+        rules.push(format!("{FROM_CONTAINER} ip daddr {{ {dns} }} meta l4proto {{ tcp, udp }} th dport 53 accept"));
+    }
+    if let Some(ports) = elements(rs.host.tcp_ports.iter().map(|p| p.to_string())) {
+        rules.push(format!("{FROM_CONTAINER} tcp dport {{ {ports} }} accept"));
+    }
+    rules.push(format!("{FROM_CONTAINER} drop"));
+    rules
+}
+
+/// The rules of the `forward` chain: anti-spoofing, no cell addresses, then the policies.
+fn forward_rules() -> Vec<String> {
+    vec![
+        format!("{FROM_CONTAINER} iifname . ip saddr != @sources drop"),
+        format!("{FROM_CONTAINER} ip daddr @cells drop"),
+        "ct state established,related accept".into(),
+        "meta mark set ip saddr map @src_tags".into(),
+        "ip daddr @guarded ct state new ip daddr . meta l4proto . th dport . meta mark @allow accept".into(),
+        "ip daddr @guarded ct state new ip daddr . meta l4proto . th dport . meta mark @allow_ranges accept".into(),
+        "ip daddr @guarded drop".into(),
+    ]
+}
+
 /// The whole table, replacing any previous one in the same transaction.
 pub fn full_script(rs: &Ruleset) -> String {
     let mut s = String::new();
@@ -52,26 +85,30 @@ pub fn full_script(rs: &Ruleset) -> String {
     let _ = writeln!(s, "table ip {TABLE} {{");
     let _ = writeln!(s, "  map src_tags {{ type ipv4_addr : mark; }}");
     let _ = writeln!(s, "  set guarded {{ type ipv4_addr; }}");
+    let _ = writeln!(s, "  set sources {{ type ifname . ipv4_addr; }}");
+    let _ = writeln!(s, "  set cells {{ type ipv4_addr; }}");
     let _ = writeln!(s, "  set allow {{ type ipv4_addr . inet_proto . inet_service . mark; }}");
     let _ = writeln!(s, "  set allow_ranges {{ type ipv4_addr . inet_proto . inet_service . mark; flags interval; }}");
-    let _ = writeln!(s, "  chain forward {{");
-    let _ = writeln!(s, "    type filter hook forward priority -10; policy accept;");
-    let _ = writeln!(s, "    ct state established,related accept");
-    let _ = writeln!(s, "    meta mark set ip saddr map @src_tags");
-    let _ =
-        writeln!(s, "    ip daddr @guarded ct state new ip daddr . meta l4proto . th dport . meta mark @allow accept");
-    let _ = writeln!(
-        s,
-        "    ip daddr @guarded ct state new ip daddr . meta l4proto . th dport . meta mark @allow_ranges accept"
-    );
-    let _ = writeln!(s, "    ip daddr @guarded drop");
-    let _ = writeln!(s, "  }}");
+    for (chain, hook, rules) in [("input", "input", input_rules(rs)), ("forward", "forward", forward_rules())] {
+        let _ = writeln!(s, "  chain {chain} {{");
+        let _ = writeln!(s, "    type filter hook {hook} priority -10; policy accept;");
+        for rule in rules {
+            let _ = writeln!(s, "    {rule}");
+        }
+        let _ = writeln!(s, "  }}");
+    }
     let _ = writeln!(s, "}}");
     if let Some(e) = elements(rs.marks.iter().map(|(ip, tag)| format!("{ip} : 0x{tag:x}"))) {
         let _ = writeln!(s, "add element ip {TABLE} src_tags {{ {e} }}");
     }
     if let Some(e) = elements(rs.guarded.iter().map(|ip| ip.to_string())) {
         let _ = writeln!(s, "add element ip {TABLE} guarded {{ {e} }}");
+    }
+    if let Some(e) = elements(rs.guarded.iter().map(|ip| format!("\"{}\" . {ip}", host_veth(*ip)))) {
+        let _ = writeln!(s, "add element ip {TABLE} sources {{ {e} }}");
+    }
+    if let Some(e) = elements(rs.cells.iter().map(|ip| ip.to_string())) {
+        let _ = writeln!(s, "add element ip {TABLE} cells {{ {e} }}");
     }
     let allows: Vec<Allow> = rs.allows.iter().copied().collect();
     s.push_str(&allow_lines("add", &allows));
@@ -85,9 +122,6 @@ pub fn run(script: &str) -> Result<(), EnforceError> {
     }
     super::feed("nft", &["-f", "-"], "nftables", script)
 }
-
-/// Rules of the forward chain (see `full_script`).
-const RULES: usize = 5;
 
 /// Key bytes as nf_tables lays out `ipv4_addr . inet_proto . inet_service . mark`: each
 /// field in its own 4-byte register, the address and port in network order. The mark is a
@@ -117,6 +151,15 @@ fn address(ip: &Ipv4Addr) -> Element {
     Element { key: ip.octets().to_vec(), key_end: None, data: None }
 }
 
+/// `ifname . ipv4_addr`: the name NUL-padded to IFNAMSIZ (16 bytes, four registers), then
+/// the address.
+fn source(ip: &Ipv4Addr) -> Element {
+    let mut key = host_veth(*ip).into_bytes();
+    key.resize(16, 0);
+    key.extend_from_slice(&ip.octets());
+    Element { key, key_end: None, data: None }
+}
+
 fn mark(ip: &Ipv4Addr, tag: u16) -> Element {
     Element { key: ip.octets().to_vec(), key_end: None, data: Some(u32::from(tag).to_ne_bytes().to_vec()) }
 }
@@ -138,6 +181,10 @@ pub fn changes(d: &RulesetDiff) -> Vec<SetChange> {
         remove_ranges,
         change("src_tags", false, d.remove_marks.iter().map(address).collect()),
         change("guarded", false, d.remove_guarded.iter().map(address).collect()),
+        change("sources", false, d.remove_guarded.iter().map(source).collect()),
+        change("cells", false, d.remove_cells.iter().map(address).collect()),
+        change("cells", true, d.add_cells.iter().map(address).collect()),
+        change("sources", true, d.add_guarded.iter().map(source).collect()),
         change("guarded", true, d.add_guarded.iter().map(address).collect()),
         change("src_tags", true, d.add_marks.iter().map(|(ip, tag)| mark(ip, *tag)).collect()),
         add_single,
@@ -151,13 +198,17 @@ pub fn changes(d: &RulesetDiff) -> Vec<SetChange> {
 /// Whether the kernel holds `rs` as far as counting tells: the table with its rules, and
 /// as many elements in each set as `rs` puts there.
 fn holds(nl: &mut NfNetlink, rs: &Ruleset) -> Result<bool, NfNetlinkError> {
-    if nl.count_rules(TABLE, "forward")? != RULES {
+    if nl.count_rules(TABLE, "forward")? != forward_rules().len()
+        || nl.count_rules(TABLE, "input")? != input_rules(rs).len()
+    {
         return Ok(false);
     }
     let ranges = rs.allows.iter().filter(|a| a.start != a.end).count();
     for (set, n) in [
         ("src_tags", rs.marks.len()),
         ("guarded", rs.guarded.len()),
+        ("sources", rs.guarded.len()),
+        ("cells", rs.cells.len()),
         ("allow", rs.allows.len() - ranges),
         ("allow_ranges", ranges),
     ] {
@@ -214,6 +265,10 @@ impl Enforcer {
                 break;
             }
             self.verified = Some(generation);
+            if current.host != desired.host {
+                // What containers may reach on the host is written in rules, not sets.
+                break;
+            }
             let d = super::plan::diff(current, desired);
             if d.is_empty() {
                 return Ok(Applied::Nothing);
@@ -258,6 +313,18 @@ mod tests {
         assert!(full.contains("add element ip c2c src_tags { 10.255.1.2 : 0x1 }"), "{full}");
         assert!(full.contains("add element ip c2c allow_ranges { 10.255.1.3 . tcp . 8080-8090 . 0x1 }"), "{full}");
         assert!(full.starts_with("add table ip c2c\ndelete table ip c2c\n"), "atomic replacement");
+        assert!(full.contains("add element ip c2c sources { \"s-010255001002\" . 10.255.1.2, "), "{full}");
+        assert!(full.contains("    iifname \"s-*\" iifname . ip saddr != @sources drop\n"), "{full}");
+        assert!(full.contains("    iifname \"s-*\" drop\n  }"), "containers reach nothing else of the cell: {full}");
+        assert!(!full.contains("th dport 53"), "no resolver configured, no DNS: {full}");
+        let mut rs = rs;
+        rs.host.dns.insert(Ipv4Addr::new(169, 254, 0, 2));
+        rs.host.tcp_ports.insert(8853);
+        rs.cells.insert(Ipv4Addr::new(10, 0, 0, 1));
+        let full = full_script(&rs);
+        assert!(full.contains("ip daddr { 169.254.0.2 } meta l4proto { tcp, udp } th dport 53 accept"), "{full}");
+        assert!(full.contains("tcp dport { 8853 } accept"), "{full}");
+        assert!(full.contains("add element ip c2c cells { 10.0.0.1 }"), "{full}");
     }
 
     fn allow(port: u16, end: u16, tag: u16) -> Allow {
@@ -278,6 +345,9 @@ mod tests {
         assert_eq!(e.key_end.unwrap(), [10, 255, 1, 9, 17, 0, 0, 0, 0x27, 0x0f, 0, 0, 0, 0, 0, 0x12]);
         let m = mark(&Ipv4Addr::new(10, 255, 1, 9), 0x1234);
         assert_eq!((m.key, m.data.unwrap()), (vec![10, 255, 1, 9], vec![0x34, 0x12, 0, 0]));
+        let src = source(&Ipv4Addr::new(10, 255, 1, 9));
+        assert_eq!(&src.key[..14], b"s-010255001009");
+        assert_eq!(src.key[14..], [0, 0, 10, 255, 1, 9]);
     }
 
     #[test]
@@ -288,8 +358,7 @@ mod tests {
             remove_marks: vec![ip],
             add_allows: vec![allow(80, 80, 2), allow(80, 90, 2)],
             remove_allows: vec![allow(81, 81, 1)],
-            add_guarded: vec![],
-            remove_guarded: vec![],
+            ..RulesetDiff::default()
         };
         let order: Vec<(&str, bool, usize)> = changes(&d).iter().map(|c| (c.set, c.add, c.elements.len())).collect();
         assert_eq!(

@@ -1,13 +1,20 @@
-//! The desired ruleset, a pure function of (policies with tags, local containers): mark
-//! packets leaving each local container with its app's tag; accept new connections to a
-//! local container's address, protocol and port range only when the mark is the tag of an
-//! allowed source; everything else addressed to a local container is dropped (replies of
-//! allowed flows pass by connection tracking).
+//! The desired ruleset, a pure function of (policies with tags, local containers, the
+//! cell's facts): mark packets leaving each local container with its app's tag; accept new
+//! connections to a local container's address, protocol and port range only when the mark
+//! is the tag of an allowed source; everything else addressed to a local container is
+//! dropped (replies of allowed flows pass by connection tracking).
+//!
+//! Containers are trusted with nothing else: a packet from a container's interface must
+//! carry that container's address (anti-spoofing, so the tag follows interface and address
+//! together); it may not reach its own cell (only DNS to the cell's resolvers and the host
+//! ports the operator lists), nor any cell's underlay or VTEP address, so a hand-made VXLAN
+//! datagram never reaches a VTEP.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
     Udp,
@@ -39,7 +46,7 @@ impl Proto {
 }
 
 /// A policy as the cells' API gives it (app GUIDs and their tags).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TaggedPolicy {
     pub source: String,
     pub source_tag: u16,
@@ -69,13 +76,35 @@ pub struct Allow {
     pub tag: u16,
 }
 
+/// What containers may reach on their own cell (everything else there is dropped).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct HostAccess {
+    /// The cell's resolvers containers use (TCP and UDP port 53).
+    pub dns: BTreeSet<Ipv4Addr>,
+    /// Host TCP ports the operator opens to containers.
+    pub tcp_ports: BTreeSet<u16>,
+}
+
+/// What the planner knows of the cell beyond its containers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CellFacts {
+    /// Every cell's underlay and VTEP address (this one's included): no container reaches
+    /// them.
+    pub cells: BTreeSet<Ipv4Addr>,
+    pub host: HostAccess,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
     /// Local container address → the tag its packets carry.
     pub marks: BTreeMap<Ipv4Addr, u16>,
     pub allows: BTreeSet<Allow>,
-    /// Every local container address: traffic to them is denied unless allowed.
+    /// Every local container address: traffic to them is denied unless allowed, and traffic
+    /// from their interface must carry them as source.
     pub guarded: BTreeSet<Ipv4Addr>,
+    /// Addresses no container may reach (every cell's underlay and VTEP address).
+    pub cells: BTreeSet<Ipv4Addr>,
+    pub host: HostAccess,
 }
 
 /// Parses an upstream tag (`"0001"`, upper-case hex).
@@ -83,8 +112,14 @@ pub fn parse_tag(s: &str) -> Option<u16> {
     u16::from_str_radix(s, 16).ok().filter(|t| *t != 0)
 }
 
+/// The ruleset for policies and containers alone (no cell facts): what the backends' tests
+/// and benchmarks install.
 pub fn plan(policies: &[TaggedPolicy], containers: &[LocalContainer]) -> Ruleset {
-    let mut rs = Ruleset::default();
+    plan_cell(policies, containers, &CellFacts::default())
+}
+
+pub fn plan_cell(policies: &[TaggedPolicy], containers: &[LocalContainer], facts: &CellFacts) -> Ruleset {
+    let mut rs = Ruleset { cells: facts.cells.clone(), host: facts.host.clone(), ..Ruleset::default() };
     let mut by_app: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
     for c in containers {
         rs.guarded.insert(c.ip);
@@ -107,7 +142,8 @@ pub fn plan(policies: &[TaggedPolicy], containers: &[LocalContainer]) -> Ruleset
     rs
 }
 
-/// What to change to go from `current` to `desired`.
+/// What to change to go from `current` to `desired`, set by set. (A change of
+/// [`HostAccess`] changes rules, not sets: backends replace the whole ruleset for it.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RulesetDiff {
     pub add_marks: Vec<(Ipv4Addr, u16)>,
@@ -116,6 +152,8 @@ pub struct RulesetDiff {
     pub remove_allows: Vec<Allow>,
     pub add_guarded: Vec<Ipv4Addr>,
     pub remove_guarded: Vec<Ipv4Addr>,
+    pub add_cells: Vec<Ipv4Addr>,
+    pub remove_cells: Vec<Ipv4Addr>,
 }
 
 impl RulesetDiff {
@@ -126,6 +164,8 @@ impl RulesetDiff {
             && self.remove_allows.is_empty()
             && self.add_guarded.is_empty()
             && self.remove_guarded.is_empty()
+            && self.add_cells.is_empty()
+            && self.remove_cells.is_empty()
     }
 }
 
@@ -148,6 +188,8 @@ pub fn diff(current: &Ruleset, desired: &Ruleset) -> RulesetDiff {
     d.remove_allows = current.allows.difference(&desired.allows).copied().collect();
     d.add_guarded = desired.guarded.difference(&current.guarded).copied().collect();
     d.remove_guarded = current.guarded.difference(&desired.guarded).copied().collect();
+    d.add_cells = desired.cells.difference(&current.cells).copied().collect();
+    d.remove_cells = current.cells.difference(&desired.cells).copied().collect();
     d
 }
 
@@ -220,6 +262,17 @@ mod tests {
     }
 
     #[test]
+    fn cell_facts_pass_through_to_the_ruleset() {
+        let facts = CellFacts {
+            cells: [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 255, 1, 0)].into(),
+            host: HostAccess { dns: [Ipv4Addr::new(169, 254, 0, 2)].into(), tcp_ports: [8853].into() },
+        };
+        let rs = plan_cell(&[], &[c([10, 255, 1, 2], "A")], &facts);
+        assert_eq!((rs.cells, rs.host), (facts.cells, facts.host));
+        assert!(plan(&[], &[]).cells.is_empty(), "no facts, no cells");
+    }
+
+    #[test]
     fn tags() {
         assert_eq!(parse_tag("0001"), Some(1));
         assert_eq!(parse_tag("FFFF"), Some(65535));
@@ -240,7 +293,14 @@ mod tests {
             });
         let allows = proptest::collection::btree_set(allow, 0..20);
         let guarded = proptest::collection::btree_set(ip, 0..10);
-        (marks, allows, guarded).prop_map(|(marks, allows, guarded)| Ruleset { marks, allows, guarded })
+        let cells = proptest::collection::btree_set((1u8..20).prop_map(|o| Ipv4Addr::new(10, 0, 0, o)), 0..10);
+        (marks, allows, guarded, cells).prop_map(|(marks, allows, guarded, cells)| Ruleset {
+            marks,
+            allows,
+            guarded,
+            cells,
+            host: HostAccess::default(),
+        })
     }
 
     proptest! {
@@ -254,6 +314,8 @@ mod tests {
             for a in &d.add_allows { state.allows.insert(*a); }
             for ip in &d.remove_guarded { state.guarded.remove(ip); }
             for ip in &d.add_guarded { state.guarded.insert(*ip); }
+            for ip in &d.remove_cells { state.cells.remove(ip); }
+            for ip in &d.add_cells { state.cells.insert(*ip); }
             prop_assert_eq!(&state, &desired);
             prop_assert!(diff(&desired, &desired).is_empty());
         }
