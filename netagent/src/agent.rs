@@ -59,6 +59,14 @@ pub fn control_plane_client(config: &Config) -> Result<policy_client::Client, Ag
     Ok(policy_client::Client::new_with_client(&config.control_plane_url, http))
 }
 
+/// The VTEP's MAC, as silk derives it from the subnet's first address.
+fn vtep_mac(subnet: &str) -> String {
+    let ip: std::net::Ipv4Addr =
+        subnet.split('/').next().and_then(|a| a.parse().ok()).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    let o = ip.octets();
+    format!("ee:ee:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
 fn lease_of(l: &ApiLease) -> Option<Lease> {
     Lease::parse(&l.underlay_ip, &l.overlay_subnet)
 }
@@ -96,6 +104,13 @@ impl Agent {
                 "enforcement = \"none\": no network policy is enforced on this cell; every container reaches every other"
             );
         }
+        // A restart while the control plane is away carries on with the lease the cell
+        // already had (its containers are on that subnet); renewals re-create it there.
+        let saved = cell_state::read_cell(&config.state_dir).ok().flatten().map(|cell| ApiLease {
+            underlay_ip: config.underlay_ip.to_string(),
+            overlay_hardware_addr: vtep_mac(&cell.subnet),
+            overlay_subnet: cell.subnet,
+        });
         let mut retry = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let lease = loop {
             let req = AcquireRequest { underlay_ip: config.underlay_ip.to_string(), single_overlay_ip: None };
@@ -105,6 +120,10 @@ impl Agent {
                     return Err(AgentError::Lease(policy_client::error_message(&e).unwrap_or("conflict").to_string()));
                 }
                 Err(e) => {
+                    if let Some(saved) = saved.clone().filter(|l| lease_of(l).is_some()) {
+                        tracing::warn!(error = %e, overlay_subnet = %saved.overlay_subnet, "cannot reach the control plane; carrying on with the saved lease");
+                        break saved;
+                    }
                     let wait = retry.next_wait();
                     tracing::warn!(error = %e, retry_in = ?wait, "cannot reach the control plane to acquire a lease");
                     tokio::time::sleep(wait).await;

@@ -135,8 +135,9 @@ impl PolicySync {
         })
     }
 
-    /// Whether the container store could not be read the last time it was asked.
+    /// Whether the container store cannot be read (it is read again to tell).
     pub fn degraded(&self) -> bool {
+        let _ = self.local();
         self.store_failing.load(Ordering::Relaxed)
     }
 
