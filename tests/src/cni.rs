@@ -34,8 +34,13 @@ pub struct Invocation<'a> {
 
 /// Runs `binary` in `cell`'s namespace.
 pub fn run(binary: &Path, cell: &Netns, call: &Invocation) -> Outcome {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &cell.0])
+    run_with(&["ip", "netns", "exec", &cell.0], binary, call)
+}
+
+/// Runs `binary` through `launcher` (the command that puts it in the cell's namespaces).
+pub fn run_with(launcher: &[&str], binary: &Path, call: &Invocation) -> Outcome {
+    let mut child = Command::new(launcher[0])
+        .args(&launcher[1..])
         .arg(binary)
         .env("CNI_COMMAND", call.command)
         .env("CNI_CONTAINERID", call.container)

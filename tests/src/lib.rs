@@ -15,4 +15,5 @@ pub mod control_plane;
 pub mod cpu;
 pub mod lab;
 pub mod probes;
+pub mod process;
 pub mod scratch;

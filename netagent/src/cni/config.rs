@@ -119,7 +119,9 @@ impl NetConf {
             .map_err(|e| CniError::new(Code::Decode, "failed to decode network configuration", e.to_string()))?;
         let obj = v.as_object().ok_or_else(|| conf_error("the network configuration must be a JSON object"))?;
         let s = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
-        let cni_version = s("cniVersion").ok_or_else(|| conf_error("cniVersion is missing"))?;
+        // Runtimes write it (a conflist's version is given to each plugin); a bare
+        // configuration without one is taken as this plugin's own version.
+        let cni_version = s("cniVersion").unwrap_or_else(|| "1.0.0".into());
         if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
             return Err(CniError::new(
                 Code::IncompatibleVersion,
@@ -230,7 +232,7 @@ mod tests {
         let e = add_env();
         assert_eq!(NetConf::parse(b"{", &e).unwrap_err().code, 6);
         assert_eq!(NetConf::parse(b"[]", &e).unwrap_err().code, 7);
-        assert_eq!(NetConf::parse(br#"{"name":"x"}"#, &e).unwrap_err().code, 7);
+        assert_eq!(NetConf::parse(br#"{"name":"x"}"#, &e).unwrap().cni_version, "1.0.0", "a bare configuration");
         assert_eq!(NetConf::parse(br#"{"cniVersion":"0.1.0","name":"x"}"#, &e).unwrap_err().code, 1);
         assert_eq!(NetConf::parse(br#"{"cniVersion":"1.0.0","name":"x","mtu":-1}"#, &e).unwrap_err().code, 7);
         assert_eq!(
