@@ -166,7 +166,10 @@ impl Agent {
         });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
-        if config.enforcement == Enforcement::Nftables {
+        // iptables on current distributions is iptables-nft: its commits are nf_tables
+        // commits too, so the same notifications repair either backend within moments.
+        // (With iptables-legacy nothing is heard, and drift waits for a quiet round.)
+        if config.enforcement != Enforcement::None {
             match policies.clone().watch_kernel(stopped.clone()) {
                 Ok(task) => tasks.push(task),
                 Err(e) => tracing::warn!(error = %e, "cannot hear nftables changes; drift is repaired on quiet rounds"),

@@ -264,7 +264,7 @@ impl PolicySync {
         enforced
     }
 
-    /// Repairs the kernel as soon as anyone changes nftables (nftables backend): a thread
+    /// Repairs the kernel as soon as anyone changes nf_tables (nftables, and iptables-nft): a thread
     /// hears every commit in this network namespace and the ruleset is checked right away
     /// (a commit of our own costs one generation read). Without this, drift is repaired on
     /// the next quiet round of the watch, within 25 s.
