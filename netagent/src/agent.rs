@@ -206,17 +206,8 @@ impl Agent {
             .route("/reconcile", post(reconcile))
             .route("/metrics", get(metrics))
             .with_state(shared.clone());
-        let mut stopped_http = stopped.clone();
-        tasks.push(tokio::spawn(async move {
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped_http.changed().await;
-                })
-                .await;
-        }));
+        let limits = crate::local_api::Limits::default();
+        tasks.push(tokio::spawn(crate::local_api::serve(listener, router, limits, stopped.clone())));
         Ok(Agent { lease, listen, stop, tasks })
     }
 

@@ -13,6 +13,7 @@ pub mod container_net;
 pub mod containers;
 pub mod enforcement;
 pub mod ipam;
+pub mod local_api;
 pub mod naming;
 pub mod netlink;
 pub mod overlay;

@@ -86,3 +86,36 @@ fn cni_add_fails_and_rolls_back_when_the_rules_cannot_be_installed() {
     assert!(!store.contains("c1"), "nothing recorded: {store}");
     drop(cp);
 }
+
+/// netagent's local API keeps answering the CNI plugin while thousands of clients hold idle
+/// connections to it (each is closed after the header timeout; the connection cap bounds
+/// the agent's file descriptors).
+#[test]
+fn idle_connections_do_not_stop_reconcile() {
+    require_root();
+    require_tool("nft", "nftables");
+    let f = fabric(1);
+    let cell = &f.cells[0];
+    let ctl = Netns::new("ctl");
+    attach(&f.switch, &ctl, 254);
+    let dir = TempDir::new("c2c-idle");
+    let ca = testkit::pki::TestCa::new(dir.path(), "ca");
+    let cp = ControlPlane::start(&ctl, &ca, dir.path()).unwrap();
+    let agent =
+        harness::cell::CellAgent::start(cell, 1, &cp.url(), &ca, &dir.join("cell1"), &Default::default()).unwrap();
+    netagent::local_api::raise_open_files_limit();
+    let addr: std::net::SocketAddr = agent.url.trim_start_matches("http://").parse().unwrap();
+    let url = format!("{}/reconcile", agent.url);
+    let (status, idle, took) = cell.run(move || async move {
+        let connects = (0..2000)
+            .map(|_| tokio::time::timeout(std::time::Duration::from_secs(3), tokio::net::TcpStream::connect(addr)));
+        let idle: Vec<_> = futures::future::join_all(connects).await.into_iter().filter_map(|r| r.ok()?.ok()).collect();
+        let started = std::time::Instant::now();
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build().unwrap();
+        let status = client.post(url).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+        (status, idle.len(), started.elapsed())
+    });
+    assert!(idle >= 1900, "the idle connections were made ({idle})");
+    assert_eq!(status, 200, "/reconcile answered with {idle} idle connections open");
+    eprintln!("/reconcile answered in {took:?} with {idle} idle connections open");
+}
