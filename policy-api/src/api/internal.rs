@@ -176,7 +176,7 @@ pub async fn acquire_lease(State(state): State<AppState>, body: Body) -> Result<
 
 pub async fn renew_lease(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let lease: Lease = json_request(body).await?;
-    state.store.renew_lease(&lease).await.map_err(lease_error)?;
+    state.store.renew_lease(&state.internal.pool, &lease).await.map_err(lease_error)?;
     Ok(json_body(StatusCode::OK, b"{}".to_vec()))
 }
 

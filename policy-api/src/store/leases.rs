@@ -136,8 +136,24 @@ impl Store {
     }
 
     /// silk-controller's renew: refreshes a lease; re-creates it if the store lost it.
-    pub async fn renew_lease(&self, lease: &Lease) -> Result<(), LeaseStoreError> {
+    pub async fn renew_lease(&self, pool: &Pool, lease: &Lease) -> Result<(), LeaseStoreError> {
         crate::leases::validate(lease).map_err(LeaseStoreError::Invalid)?;
+        // Only a subnet this pool hands out, with its own MAC: a block of the pool's size
+        // on its boundary (or a single IP of the first block). Those cannot partly overlap,
+        // and the store's unique subnet refuses an exact one, so a renewal cannot take a
+        // piece of another cell's subnet (or re-point traffic with a foreign MAC).
+        if !pool.contains(&lease.overlay_subnet) {
+            return Err(LeaseStoreError::Invalid(format!(
+                "{} is not a subnet of the overlay pool",
+                lease.overlay_subnet
+            )));
+        }
+        if hardware_addr(&lease.overlay_subnet).as_deref() != Some(lease.overlay_hardware_addr.as_str()) {
+            return Err(LeaseStoreError::Invalid(format!(
+                "{} is not the hardware address of {}",
+                lease.overlay_hardware_addr, lease.overlay_subnet
+            )));
+        }
         let rows = self.lease_rows().await?;
         match rows.iter().find(|(l, _)| l.underlay_ip == lease.underlay_ip) {
             None => match self.insert_lease(lease).await {

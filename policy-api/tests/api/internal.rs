@@ -250,9 +250,36 @@ pub async fn leases_like_silk(backend: Backend) {
     assert_eq!(error_status(&err), Some(409));
     assert_eq!(cell.list_leases().await.unwrap().into_inner().leases.len(), 3);
 
-    let wrong = Lease { overlay_subnet: "10.255.9.0/24".into(), ..a.clone() };
+    let leases = cell.list_leases().await.unwrap().into_inner().leases;
+    let other = leases.iter().find(|l| l.underlay_ip == "10.0.0.2").unwrap().clone();
+    let wrong = Lease { underlay_ip: a.underlay_ip.clone(), ..other.clone() };
     let err = cell.renew_lease(&wrong).await.unwrap_err();
     assert_eq!((error_status(&err), error_message(&err)), (Some(409), Some("lease mismatch")));
+    // Attacks on the renewal (silk re-creates a lease it lost, so renewal is a way in):
+    // another cell's exact subnet for a new underlay address, half of it, a foreign MAC.
+    let (base, _) = other.overlay_subnet.split_once('/').unwrap();
+    let half = format!("{}/25", base.rsplit_once('.').unwrap().0.to_string() + ".128");
+    let attacks = [
+        (Lease { underlay_ip: "10.0.0.66".into(), ..other.clone() }, "lease mismatch".to_string()),
+        (
+            Lease { underlay_ip: "10.0.0.66".into(), overlay_subnet: half.clone(), ..other.clone() },
+            format!("{half} is not a subnet of the overlay pool"),
+        ),
+        (
+            Lease { overlay_hardware_addr: "aa:bb:cc:dd:ee:ff".into(), ..a.clone() },
+            format!("aa:bb:cc:dd:ee:ff is not the hardware address of {}", a.overlay_subnet),
+        ),
+        (
+            Lease { overlay_subnet: "10.255.9.0/24".into(), ..a.clone() },
+            "10.255.9.0/24 is not a subnet of the overlay pool".to_string(),
+        ),
+    ];
+    for (lease, message) in attacks {
+        let err = cell.renew_lease(&lease).await.unwrap_err();
+        assert_eq!((error_status(&err), error_message(&err)), (Some(409), Some(message.as_str())), "{lease:?}");
+    }
+    let after = cell.list_leases().await.unwrap().into_inner().leases;
+    assert_eq!(after.len(), 3, "no lease was added or changed: {after:?}");
     cell.release_lease(&types::ReleaseRequest { underlay_ip: "10.0.0.3".into() }).await.unwrap();
     cell.release_lease(&types::ReleaseRequest { underlay_ip: "10.0.0.3".into() }).await.unwrap();
     cell.acquire_lease(&acquire("10.0.0.4")).await.unwrap();
