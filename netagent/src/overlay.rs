@@ -68,6 +68,18 @@ pub struct OverlaySettings {
     pub network_prefix: u8,
 }
 
+/// The first and last address a lease covers.
+fn range(l: &Lease) -> (u32, u32) {
+    let size = if l.prefix >= 32 { 1 } else { 1u32 << (32 - u32::from(l.prefix)) };
+    let start = u32::from(l.subnet) & !(size - 1);
+    (start, start + (size - 1))
+}
+
+fn overlaps(a: &Lease, b: &Lease) -> bool {
+    let (a, b) = (range(a), range(b));
+    a.0 <= b.1 && b.0 <= a.1
+}
+
 fn inside(network: Ipv4Addr, prefix: u8, addr: Ipv4Addr) -> bool {
     let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
     u32::from(addr) & mask == u32::from(network) & mask
@@ -86,11 +98,40 @@ pub fn plan(settings: &OverlaySettings, local: &Lease, leases: &[Lease]) -> Desi
     };
     let mut remotes = BTreeSet::new();
     let mut non_routable = 0;
+    let mut candidates: Vec<&Lease> = Vec::new();
     for lease in leases {
         if lease.underlay_ip == local.underlay_ip || lease.subnet == local.subnet {
             continue;
         }
-        if !inside(settings.network, settings.network_prefix, lease.subnet) || lease.prefix < settings.network_prefix {
+        if !inside(settings.network, settings.network_prefix, lease.subnet)
+            || lease.prefix < settings.network_prefix
+            || lease.prefix > 32
+            || overlaps(lease, local)
+        {
+            non_routable += 1;
+            continue;
+        }
+        candidates.push(lease);
+    }
+    // Two leases that overlap cannot both be right (the control plane never hands such
+    // out): neither is routed, rather than send one cell's traffic to the other.
+    candidates.sort_by_key(|l| range(l));
+    let mut clash = vec![false; candidates.len()];
+    let mut reach: Option<(u32, usize)> = None;
+    for (i, l) in candidates.iter().enumerate() {
+        let (start, end) = range(l);
+        if let Some((furthest, j)) = reach
+            && start <= furthest
+        {
+            clash[i] = true;
+            clash[j] = true;
+        }
+        if reach.is_none_or(|(furthest, _)| end > furthest) {
+            reach = Some((end, i));
+        }
+    }
+    for (lease, clashes) in candidates.into_iter().zip(clash) {
+        if clashes {
             non_routable += 1;
             continue;
         }
@@ -155,6 +196,19 @@ mod tests {
         let d = plan(&settings(), &local, &[local.clone(), outside]);
         assert!(d.remotes.is_empty());
         assert_eq!(d.non_routable, 1);
+    }
+
+    #[test]
+    fn overlapping_leases_are_left_out() {
+        let local = lease(1, 7);
+        let half_of_mine =
+            Lease { underlay_ip: Ipv4Addr::new(10, 0, 0, 66), subnet: Ipv4Addr::new(10, 255, 7, 128), prefix: 25 };
+        let half_of_eight =
+            Lease { underlay_ip: Ipv4Addr::new(10, 0, 0, 67), subnet: Ipv4Addr::new(10, 255, 8, 128), prefix: 25 };
+        let d = plan(&settings(), &local, &[local.clone(), half_of_mine, lease(2, 8), half_of_eight, lease(3, 9)]);
+        let subnets: Vec<u8> = d.remotes.iter().map(|r| r.subnet.octets()[2]).collect();
+        assert_eq!(subnets, [9], "only the lease that overlaps nothing is routed");
+        assert_eq!(d.non_routable, 3);
     }
 
     #[test]
