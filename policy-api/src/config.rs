@@ -126,6 +126,10 @@ pub struct InternalConfig {
     pub registration_prune_interval_secs: u64,
     /// How often security groups are read from Cloud Controller (by one replica).
     pub asg_sync_interval_secs: u64,
+    /// Which cell a client certificate acts for: `underlay_ip_san` (the default: the
+    /// certificate must name the cell's underlay IP) or `any_client_certificate`
+    /// (upstream's: any certificate of the CA acts for any cell).
+    pub cell_identity: crate::cell_identity::CellIdentity,
 }
 
 impl Default for InternalConfig {
@@ -140,6 +144,7 @@ impl Default for InternalConfig {
             lease_expiration_secs: 7 * 24 * 3600,
             registration_prune_interval_secs: 10,
             asg_sync_interval_secs: 60,
+            cell_identity: crate::cell_identity::CellIdentity::UnderlayIpSan,
         }
     }
 }

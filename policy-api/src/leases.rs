@@ -99,6 +99,15 @@ impl Pool {
     }
 }
 
+/// Whether `ip` lies in `subnet` (a CIDR).
+pub fn subnet_contains(subnet: &str, ip: &str) -> bool {
+    let Some((base, len)) = subnet.split_once('/') else { return false };
+    let (Ok(base), Ok(len), Ok(ip)) = (base.parse::<Ipv4Addr>(), len.parse::<u8>(), ip.parse::<Ipv4Addr>()) else {
+        return false;
+    };
+    len <= 32 && u32::from(ip) & mask(len) == u32::from(base) & mask(len)
+}
+
 /// The VTEP MAC of a subnet: `ee:ee` and the four bytes of its first address.
 pub fn hardware_addr(subnet: &str) -> Option<String> {
     let addr: Ipv4Addr = subnet.split('/').next()?.parse().ok()?;

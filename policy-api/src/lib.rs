@@ -6,6 +6,7 @@ pub mod api;
 pub mod asgs;
 pub mod auth;
 pub mod authz;
+pub mod cell_identity;
 pub mod cleanup;
 pub mod cloud_controller;
 pub mod config;

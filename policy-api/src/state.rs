@@ -23,6 +23,7 @@ pub struct InternalSettings {
     pub pool: crate::leases::Pool,
     pub lease_expiration: Duration,
     pub max_watch: Duration,
+    pub identity: crate::cell_identity::CellIdentity,
 }
 
 pub struct Inner {
@@ -143,6 +144,7 @@ impl AppState {
                 pool,
                 lease_expiration: Duration::from_secs(internal.lease_expiration_secs),
                 max_watch: Duration::from_secs(internal.max_watch_secs),
+                identity: internal.cell_identity,
             },
             verifier,
             cc,

@@ -133,6 +133,16 @@ pub async fn serve(listener: TcpListener, config: ServerConfig, router: Router, 
                 }
                 Err(_) => return,
             };
+            // The verified client certificate goes with every request of the connection, so
+            // the cells' API knows which cell is asking.
+            let cert = crate::cell_identity::ClientCert(
+                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.clone().into_owned())),
+            );
+            let router =
+                tower::ServiceExt::map_request(router, move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(cert.clone());
+                    req
+                });
             let service = TowerToHyperService::new(router);
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);

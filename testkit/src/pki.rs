@@ -62,4 +62,12 @@ impl TestCa {
     pub fn client(&self, name: &str) -> CertFiles {
         self.issue(name, vec![name.to_string()])
     }
+
+    /// A client certificate that also names `sans` (IP addresses become IP SANs): a cell's,
+    /// naming its underlay IP.
+    pub fn client_for(&self, name: &str, sans: &[&str]) -> CertFiles {
+        let mut all = vec![name.to_string()];
+        all.extend(sans.iter().map(|s| s.to_string()));
+        self.issue(name, all)
+    }
 }

@@ -94,7 +94,9 @@ impl CellAgent {
         state: &Path,
         options: &CellOptions,
     ) -> anyhow::Result<CellAgent> {
-        let config = config(i, control_plane_url, ca.client(&format!("cell-{i}")), state, options);
+        // The certificate names the cell's underlay IP, as the cells' API requires by default.
+        let cert = ca.client_for(&format!("cell-{i}"), &[&format!("10.254.250.{i}")]);
+        let config = config(i, control_plane_url, cert, state, options);
         config.validate()?;
         let path = cell.path();
         let (ready_tx, ready_rx) = mpsc::channel();

@@ -14,7 +14,7 @@ use policy_client::types::{Policy, Protocol};
 
 /// netagent's configuration with only the keys it requires.
 fn minimal_config(dir: &TempDir, ca: &testkit::pki::TestCa, url: &str) -> std::path::PathBuf {
-    let cert = ca.client("cell-1");
+    let cert = ca.client_for("cell-1", &["10.254.250.1"]);
     let text = format!(
         "underlay_ip = \"10.254.250.1\"\ncontrol_plane_url = \"{url}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\nca_file = \"{}\"\n",
         cert.cert.display(),

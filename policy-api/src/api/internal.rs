@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -12,6 +13,7 @@ use serde::Deserialize;
 
 use super::error::{ApiError, json_body};
 use super::external::read_body;
+use crate::cell_identity::{CellIdentity, ClientCert};
 use crate::discovery::{self, CellRegistrations};
 use crate::gojson;
 use crate::leases::Lease;
@@ -163,8 +165,24 @@ pub struct AcquireRequest {
     single_overlay_ip: bool,
 }
 
-pub async fn acquire_lease(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+/// Refuses a request for another cell than the certificate's (see `cell_identity`).
+fn acting_for(state: &AppState, cert: Option<&ClientCert>, underlay_ip: &str) -> Result<(), ApiError> {
+    let cert = cert.cloned().unwrap_or_default();
+    if state.internal.identity.allows(&cert, underlay_ip) {
+        return Ok(());
+    }
+    metrics::counter!("c2c_cell_identity_refusals_total").increment(1);
+    tracing::warn!(underlay_ip, "refused: the client certificate does not name this cell");
+    Err(ApiError::new(StatusCode::FORBIDDEN, format!("the client certificate does not name the cell {underlay_ip}")))
+}
+
+pub async fn acquire_lease(
+    State(state): State<AppState>,
+    cert: Option<Extension<ClientCert>>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let req: AcquireRequest = json_request(body).await?;
+    acting_for(&state, cert.as_deref(), &req.underlay_ip)?;
     let lease = state
         .store
         .acquire_lease(&state.internal.pool, &req.underlay_ip, req.single_overlay_ip, state.internal.lease_expiration)
@@ -174,8 +192,13 @@ pub async fn acquire_lease(State(state): State<AppState>, body: Body) -> Result<
     Ok(json_body(StatusCode::OK, serde_json::to_vec(&lease).expect("JSON")))
 }
 
-pub async fn renew_lease(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+pub async fn renew_lease(
+    State(state): State<AppState>,
+    cert: Option<Extension<ClientCert>>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let lease: Lease = json_request(body).await?;
+    acting_for(&state, cert.as_deref(), &lease.underlay_ip)?;
     state.store.renew_lease(&state.internal.pool, &lease).await.map_err(lease_error)?;
     Ok(json_body(StatusCode::OK, b"{}".to_vec()))
 }
@@ -185,8 +208,13 @@ pub struct ReleaseRequest {
     underlay_ip: String,
 }
 
-pub async fn release_lease(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+pub async fn release_lease(
+    State(state): State<AppState>,
+    cert: Option<Extension<ClientCert>>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let req: ReleaseRequest = json_request(body).await?;
+    acting_for(&state, cert.as_deref(), &req.underlay_ip)?;
     state.store.release_lease(&req.underlay_ip).await.map_err(|e| {
         tracing::error!(error = %e, "releasing lease failed");
         ApiError::internal("database error")
@@ -203,9 +231,11 @@ fn store_failed(e: StoreError) -> ApiError {
 pub async fn register_cell(
     State(state): State<AppState>,
     Path(cell): Path<String>,
+    cert: Option<Extension<ClientCert>>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let req: CellRegistrations = json_request(body).await?;
+    acting_for(&state, cert.as_deref(), &cell)?;
     if !(1..=3600).contains(&req.ttl_seconds) {
         return Err(ApiError::bad_request("ttl_seconds must be between 1 and 3600"));
     }
@@ -217,6 +247,16 @@ pub async fn register_cell(
             return Err(ApiError::bad_request(format!("invalid IPv4 address {:?}", r.ip)));
         }
     }
+    if state.internal.identity == CellIdentity::UnderlayIpSan {
+        // A cell registers only addresses of its own subnet.
+        let leases = state.store.active_leases(state.internal.lease_expiration).await.map_err(store_failed)?;
+        let subnet = leases.iter().find(|l| l.underlay_ip == cell).map(|l| l.overlay_subnet.clone());
+        for r in &req.registrations {
+            if !subnet.as_deref().is_some_and(|s| crate::leases::subnet_contains(s, &r.ip)) {
+                return Err(ApiError::bad_request(format!("{} is not an address of the cell {cell}'s subnet", r.ip)));
+            }
+        }
+    }
     state
         .store
         .register_cell(&cell, &req.registrations, Duration::from_secs(req.ttl_seconds))
@@ -226,7 +266,12 @@ pub async fn register_cell(
     Ok(json_body(StatusCode::OK, b"{}".to_vec()))
 }
 
-pub async fn deregister_cell(State(state): State<AppState>, Path(cell): Path<String>) -> Result<Response, ApiError> {
+pub async fn deregister_cell(
+    State(state): State<AppState>,
+    Path(cell): Path<String>,
+    cert: Option<Extension<ClientCert>>,
+) -> Result<Response, ApiError> {
+    acting_for(&state, cert.as_deref(), &cell)?;
     state.store.deregister_cell(&cell).await.map_err(store_failed)?;
     state.snapshots.changed();
     Ok(json_body(StatusCode::OK, b"{}".to_vec()))

@@ -174,6 +174,9 @@ impl Harness {
         config.internal.snapshot_poll_interval_ms = 200;
         config.internal.asg_sync_interval_secs = 1;
         config.internal.registration_prune_interval_secs = 1;
+        // Most tests speak for many cells with one certificate (upstream's mode); the
+        // default, certificates naming their cell, has tests of its own.
+        config.internal.cell_identity = policy_api::cell_identity::CellIdentity::AnyClientCertificate;
         tweak(&mut config);
         let server = Server::start(&config).await.unwrap();
         Harness { pki: Some((ca, tempdir::TempDir(dir))), cf, server, config, db }
@@ -202,6 +205,20 @@ impl Harness {
     /// The generated client on the cells' API, as a cell with a good certificate.
     pub fn cell(&self) -> Client {
         Client::new_with_client(&self.internal_url(), self.cell_http(None, true))
+    }
+
+    /// A cells' API client whose certificate (from the test CA) names `ips` as IP SANs.
+    pub fn cell_for(&self, ips: &[&str]) -> Client {
+        let ca = &self.pki.as_ref().expect("internal API on").0;
+        let cert = ca.client_for(&format!("cell-{}", unique_name()), ips);
+        let mut pem = std::fs::read(&cert.cert).unwrap();
+        pem.extend(std::fs::read(&cert.key).unwrap());
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem.as_bytes()).unwrap())
+            .identity(reqwest::Identity::from_pem(&pem).unwrap())
+            .build()
+            .unwrap();
+        Client::new_with_client(&self.internal_url(), http)
     }
 
     pub fn url(&self) -> String {

@@ -463,3 +463,48 @@ pub async fn local_writes_publish_what_a_reload_would(backend: Backend) {
     same_as_reload("after another replica's write").await;
     loader.abort();
 }
+
+/// By default a cell's certificate must name its underlay IP, and the cell may act only for
+/// itself: another cell's lease cannot be acquired, renewed or released, and registrations
+/// go only to the caller's cell and its own subnet. Nothing of the other cell changes.
+pub async fn cells_act_only_for_themselves(backend: Backend) {
+    let h = Harness::start_internal(backend, |c| {
+        c.internal.cell_identity = policy_api::cell_identity::CellIdentity::UnderlayIpSan;
+    })
+    .await;
+    let (me, other, nameless) = (h.cell_for(&["10.0.0.1"]), h.cell_for(&["10.0.0.2"]), h.cell());
+    let acquire = |ip: &str| AcquireRequest { underlay_ip: ip.into(), single_overlay_ip: None };
+    let mine = me.acquire_lease(&acquire("10.0.0.1")).await.unwrap().into_inner();
+    let theirs = other.acquire_lease(&acquire("10.0.0.2")).await.unwrap().into_inner();
+    me.renew_lease(&mine).await.unwrap();
+
+    let refused = |r: Result<_, policy_client::Error<types::Error>>, who: &str| {
+        let err = r.expect_err("refused");
+        assert_eq!(error_status(&err), Some(403), "{who}");
+        assert_eq!(error_message(&err), Some("the client certificate does not name the cell 10.0.0.2"), "{who}");
+    };
+    refused(me.acquire_lease(&acquire("10.0.0.2")).await.map(|_| ()), "acquire for another cell");
+    refused(me.renew_lease(&theirs).await.map(|_| ()), "renew another cell's lease");
+    let release = types::ReleaseRequest { underlay_ip: "10.0.0.2".into() };
+    refused(me.release_lease(&release).await.map(|_| ()), "release another cell's lease");
+    refused(nameless.release_lease(&release).await.map(|_| ()), "a certificate naming no address");
+    assert!(cell_leases(&other).await.contains(&theirs), "the other cell's lease is intact");
+
+    let reg = |ip: &str| CellRegistrations {
+        ttl_seconds: 60,
+        registrations: vec![Registration { hostname: "app.apps.internal".into(), ip: ip.into() }],
+    };
+    let (base, _) = mine.overlay_subnet.split_once('/').unwrap();
+    let own_ip = format!("{}.7", base.rsplit_once('.').unwrap().0);
+    me.register_cell("10.0.0.1", &reg(&own_ip)).await.unwrap();
+    refused(me.register_cell("10.0.0.2", &reg(&own_ip)).await.map(|_| ()), "register for another cell");
+    let err = me.register_cell("10.0.0.1", &reg("10.255.250.250")).await.unwrap_err();
+    assert_eq!(error_status(&err), Some(400), "an address outside the cell's subnet");
+    let sdc = me.get_registration("app.apps.internal").await.unwrap().into_inner();
+    let ips: Vec<String> = sdc.hosts.iter().map(|h| h.ip_address.clone()).collect();
+    assert_eq!(ips, vec![own_ip], "only the cell's own registration");
+}
+
+async fn cell_leases(cell: &policy_client::Client) -> Vec<Lease> {
+    cell.list_leases().await.unwrap().into_inner().leases
+}

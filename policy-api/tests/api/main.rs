@@ -26,6 +26,7 @@ for_backends!(
     security_groups_are_synced_and_paged,
     only_one_replica_holds_the_sync_lock,
     leases_like_silk,
+    cells_act_only_for_themselves,
     lease_races_across_replicas,
     discovery_registrations,
     local_writes_publish_what_a_reload_would,
