@@ -35,6 +35,12 @@ impl ControlPlane {
     /// Starts it inside `ns` (attached to the fabric at [`ADDRESS`]) with a server
     /// certificate from `ca`; its database lives in `dir`. Returns once it listens.
     pub fn start(ns: &Netns, ca: &testkit::pki::TestCa, dir: &Path) -> anyhow::Result<ControlPlane> {
+        Self::start_on(ns, ca, dir, 0)
+    }
+
+    /// [`ControlPlane::start`] on a given cells' API port (0: any), e.g. to bring a stopped
+    /// control plane back where the cells look for it, on the same database.
+    pub fn start_on(ns: &Netns, ca: &testkit::pki::TestCa, dir: &Path, port: u16) -> anyhow::Result<ControlPlane> {
         let server_cert = ca.server("policy-server", &[ADDRESS]);
         let path = ns.path();
         let db = format!("sqlite://{}?mode=rwc", dir.join("policy.db").display());
@@ -50,7 +56,7 @@ impl ControlPlane {
                 };
                 let mut config = policy_api::dev::config_for_doubles(&cf, &db);
                 config.metrics_listen = None;
-                config.internal.listen = format!("{ADDRESS}:0").parse().unwrap();
+                config.internal.listen = format!("{ADDRESS}:{port}").parse().unwrap();
                 config.internal.lease_expiration_secs = 120;
                 config.internal.tls = Some(policy_api::tls::TlsFiles {
                     cert_file: server_cert.cert,
