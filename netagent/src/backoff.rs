@@ -22,6 +22,12 @@ impl Backoff {
         wait
     }
 
+    /// [`Backoff::next_wait`] with full jitter over its upper half, so cells that lost the
+    /// control plane together do not all come back in the same instant.
+    pub fn next_wait_jittered(&mut self) -> Duration {
+        self.next_wait().mul_f64(0.5 + rand::random::<f64>() / 2.0)
+    }
+
     pub fn reset(&mut self) {
         self.current = self.initial;
     }
@@ -39,5 +45,10 @@ mod tests {
         assert_eq!(waits, [ms(200), ms(400), ms(800), ms(1000), ms(1000)]);
         b.reset();
         assert_eq!(b.next_wait(), ms(200));
+        b.reset();
+        for expected in [200, 400, 800, 1000, 1000] {
+            let w = b.next_wait_jittered();
+            assert!(w >= ms(expected / 2) && w <= ms(expected), "{w:?} for {expected} ms");
+        }
     }
 }

@@ -391,7 +391,7 @@ impl PolicySync {
                         }
                     }
                     Err(e) => {
-                        let wait = watch_retry.next_wait();
+                        let wait = watch_retry.next_wait_jittered();
                         tracing::warn!(error = %e, retry_in = ?wait, "policy watch failed; enforcing the last known policies");
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
