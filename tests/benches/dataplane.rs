@@ -1,5 +1,6 @@
 //! Data-path benchmark (not a test; run as root): both enforcement backends with 0, 10k and
-//! 50k policies on a cell with 250 containers.
+//! 50k policies on a cell with 250 containers, in a foundation of 1,000 cells (the cell's
+//! isolation rules check every packet from a container against their addresses).
 //!
 //!     cargo bench -p system-tests --bench dataplane              # both backends
 //!     cargo bench -p system-tests --bench dataplane -- nftables  # one of them
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use harness::lab::Netns;
 use netagent::config::Enforcement;
-use netagent::enforcement::plan::{LocalContainer, Proto, Ruleset, TaggedPolicy, plan};
+use netagent::enforcement::plan::{CellFacts, HostAccess, LocalContainer, Proto, Ruleset, TaggedPolicy, plan_cell};
 use netagent::netlink::Netlink;
 
 const PORT: u16 = 8080;
@@ -55,7 +56,20 @@ fn ruleset(n: usize, containers: &[LocalContainer], extra: Option<&TaggedPolicy>
     if let Some(p) = extra {
         policies.push(p.clone());
     }
-    plan(&policies, containers)
+    plan_cell(&policies, containers, &facts())
+}
+
+/// A foundation of 1,000 cells: their 2,000 underlay and VTEP addresses, which every packet
+/// from a container is checked against, and the default resolver.
+fn facts() -> CellFacts {
+    let cells = (0..1000u32).flat_map(|i| {
+        let (hi, lo) = ((i / 250) as u8, (i % 250) as u8 + 1);
+        [Ipv4Addr::new(10, 254, hi, lo), Ipv4Addr::new(10, 255, hi, lo)]
+    });
+    CellFacts {
+        cells: cells.collect(),
+        host: HostAccess { dns: [Ipv4Addr::new(169, 254, 0, 2)].into(), ..HostAccess::default() },
+    }
 }
 
 fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
