@@ -17,3 +17,4 @@ pub mod lab;
 pub mod probes;
 pub mod process;
 pub mod scratch;
+pub mod world;

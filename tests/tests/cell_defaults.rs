@@ -5,11 +5,11 @@
 //! Needs root and nft.
 
 use harness::cni::Invocation;
-use harness::control_plane::ControlPlane;
-use harness::lab::{Netns, attach, eventually, fabric, require_root, require_tool};
+use harness::lab::{Netns, eventually, require_root, require_tool};
 use harness::probes::exchange;
 use harness::process::AgentProcess;
 use harness::scratch::TempDir;
+use harness::world::World;
 use policy_client::types::{Policy, Protocol};
 
 /// netagent's configuration with only the keys it requires.
@@ -37,17 +37,14 @@ fn add(agent: &AgentProcess, id: &str, ctr: &Netns, app: &str) -> harness::cni::
 fn a_cell_from_the_documented_defaults_enforces() {
     require_root();
     require_tool("nft", "nftables");
-    let f = fabric(1);
+    let w = World::new(1, "c2c-defaults");
+    let (f, dir, ca) = (&w.fabric, &w.dir, &w.ca);
     let cell = &f.cells[0];
-    let ctl = Netns::new("ctl");
-    attach(&f.switch, &ctl, 254);
-    let dir = TempDir::new("c2c-defaults");
-    let ca = testkit::pki::TestCa::new(dir.path(), "ca");
-    let cp = ControlPlane::start(&ctl, &ca, dir.path()).unwrap();
+    let cp = w.control_plane();
     // Containers' namespaces exist before the agent's private mount namespace is made, so
     // that their files are in it (as a runtime's are on a real cell).
     let (a_ns, b_ns) = (Netns::new("a"), Netns::new("b"));
-    let agent = AgentProcess::start(cell, &minimal_config(&dir, &ca, &cp.url()), None, "127.0.0.1:23954");
+    let agent = AgentProcess::start(cell, &minimal_config(dir, ca, &cp.url()), None, "127.0.0.1:23954");
 
     let a = add(&agent, "a", &a_ns, "app-a");
     assert_eq!(a.code, 0, "ADD with the default agent: {}", a.stdout);
@@ -64,16 +61,13 @@ fn a_cell_from_the_documented_defaults_enforces() {
 #[test]
 fn cni_add_fails_and_rolls_back_when_the_rules_cannot_be_installed() {
     require_root();
-    let f = fabric(1);
+    let w = World::new(1, "c2c-truthful");
+    let (f, dir, ca) = (&w.fabric, &w.dir, &w.ca);
     let cell = &f.cells[0];
-    let ctl = Netns::new("ctl");
-    attach(&f.switch, &ctl, 254);
-    let dir = TempDir::new("c2c-truthful");
-    let ca = testkit::pki::TestCa::new(dir.path(), "ca");
-    let cp = ControlPlane::start(&ctl, &ca, dir.path()).unwrap();
+    let cp = w.control_plane();
     let ctr = Netns::new("ctr");
     // No `nft` for netagent: the table cannot be created.
-    let agent = AgentProcess::start(cell, &minimal_config(&dir, &ca, &cp.url()), Some("/var/empty"), "127.0.0.1:23954");
+    let agent = AgentProcess::start(cell, &minimal_config(dir, ca, &cp.url()), Some("/var/empty"), "127.0.0.1:23954");
 
     let out = add(&agent, "c1", &ctr, "app-a");
     assert_eq!(out.code, 1, "ADD must fail: {}", out.stdout);
@@ -94,15 +88,12 @@ fn cni_add_fails_and_rolls_back_when_the_rules_cannot_be_installed() {
 fn idle_connections_do_not_stop_reconcile() {
     require_root();
     require_tool("nft", "nftables");
-    let f = fabric(1);
+    let w = World::new(1, "c2c-idle");
+    let (f, dir, ca) = (&w.fabric, &w.dir, &w.ca);
     let cell = &f.cells[0];
-    let ctl = Netns::new("ctl");
-    attach(&f.switch, &ctl, 254);
-    let dir = TempDir::new("c2c-idle");
-    let ca = testkit::pki::TestCa::new(dir.path(), "ca");
-    let cp = ControlPlane::start(&ctl, &ca, dir.path()).unwrap();
+    let cp = w.control_plane();
     let agent =
-        harness::cell::CellAgent::start(cell, 1, &cp.url(), &ca, &dir.join("cell1"), &Default::default()).unwrap();
+        harness::cell::CellAgent::start(cell, 1, &cp.url(), ca, &dir.join("cell1"), &Default::default()).unwrap();
     netagent::local_api::raise_open_files_limit();
     let addr: std::net::SocketAddr = agent.url.trim_start_matches("http://").parse().unwrap();
     let url = format!("{}/reconcile", agent.url);

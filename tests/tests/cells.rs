@@ -8,10 +8,9 @@
 use std::time::{Duration, Instant};
 
 use harness::cell::{CellAgent, CellOptions};
-use harness::control_plane::ControlPlane;
-use harness::lab::{Netns, attach, eventually, fabric, require_root, require_tool, vtep_routes};
+use harness::lab::{Netns, eventually, require_root, require_tool, vtep_routes};
 use harness::probes::{EchoServer, LineConnection, exchange, talk};
-use harness::scratch::TempDir;
+use harness::world::World;
 use netagent::config::Enforcement;
 use policy_client::types::{Policy, Protocol};
 
@@ -22,17 +21,14 @@ fn routes(cell: &Netns) -> usize {
 #[test]
 fn cells_and_containers_with_netagent() {
     require_root();
-    let f = fabric(3);
-    let ctl = Netns::new("ctl");
-    attach(&f.switch, &ctl, 254);
-    let dir = TempDir::new("c2c-cells");
-    let ca = testkit::pki::TestCa::new(dir.path(), "ca");
-    let cp = ControlPlane::start(&ctl, &ca, dir.path()).unwrap();
+    let w = World::new(3, "c2c-cells");
+    let (f, _ctl, dir, ca) = (&w.fabric, &w.ctl, &w.dir, &w.ca);
+    let cp = w.control_plane();
 
     let states: Vec<_> = (1..=3).map(|i| dir.join(&format!("state{i}"))).collect();
     let open = CellOptions { enforcement: Enforcement::None, ..CellOptions::default() };
-    let a1 = CellAgent::start(&f.cells[0], 1, &cp.url(), &ca, &states[0], &open).unwrap();
-    let a2 = CellAgent::start(&f.cells[1], 2, &cp.url(), &ca, &states[1], &open).unwrap();
+    let a1 = CellAgent::start(&f.cells[0], 1, &cp.url(), ca, &states[0], &open).unwrap();
+    let a2 = CellAgent::start(&f.cells[1], 2, &cp.url(), ca, &states[1], &open).unwrap();
     assert_ne!(a1.subnet, a2.subnet, "two cells never share a subnet");
     eventually("both cells know each other", || routes(&f.cells[0]) == 1 && routes(&f.cells[1]) == 1);
 
@@ -46,7 +42,7 @@ fn cells_and_containers_with_netagent() {
 
     // A third cell joins; the others learn it without a restart.
     let leaving = CellOptions { release_on_stop: true, ..open.clone() };
-    let a3 = CellAgent::start(&f.cells[2], 3, &cp.url(), &ca, &states[2], &leaving).unwrap();
+    let a3 = CellAgent::start(&f.cells[2], 3, &cp.url(), ca, &states[2], &leaving).unwrap();
     let cc_ns = Netns::new("ctr-c");
     let ip_c = a3.add(&f.cells[2], "c", &cc_ns, "app-c").unwrap();
     eventually("cells 1 and 2 learn cell 3", || routes(&f.cells[0]) == 2 && routes(&f.cells[1]) == 2);
@@ -73,16 +69,13 @@ fn cells_and_containers_with_netagent() {
 fn policies_flow_from_the_control_plane_to_the_kernel() {
     require_root();
     require_tool("nft", "nftables");
-    let f = fabric(2);
-    let ctl = Netns::new("ctl");
-    attach(&f.switch, &ctl, 254);
-    let dir = TempDir::new("c2c-policies");
-    let ca = testkit::pki::TestCa::new(dir.path(), "ca");
-    let cp = ControlPlane::start(&ctl, &ca, dir.path()).unwrap();
+    let w = World::new(2, "c2c-policies");
+    let (f, _ctl, dir, ca) = (&w.fabric, &w.ctl, &w.dir, &w.ca);
+    let cp = w.control_plane();
     let states: Vec<_> = (1..=2).map(|i| dir.join(&format!("state{i}"))).collect();
     let options = CellOptions::default();
-    let a1 = CellAgent::start(&f.cells[0], 1, &cp.url(), &ca, &states[0], &options).unwrap();
-    let a2 = CellAgent::start(&f.cells[1], 2, &cp.url(), &ca, &states[1], &options).unwrap();
+    let a1 = CellAgent::start(&f.cells[0], 1, &cp.url(), ca, &states[0], &options).unwrap();
+    let a2 = CellAgent::start(&f.cells[1], 2, &cp.url(), ca, &states[1], &options).unwrap();
     eventually("both cells know each other", || routes(&f.cells[0]) == 1 && routes(&f.cells[1]) == 1);
     let (ca_ns, cb_ns) = (Netns::new("ctr-a"), Netns::new("ctr-b"));
     let ip_a = a1.add(&f.cells[0], "a", &ca_ns, "app-a").unwrap();
@@ -132,7 +125,7 @@ fn policies_flow_from_the_control_plane_to_the_kernel() {
     let mut conn = LineConnection::open(&ca_ns, &cb2_ns, ip_b2, 8080);
     assert!(conn.round_trip("before"), "the long-lived connection works");
     drop(a2);
-    let a2 = CellAgent::start(&f.cells[1], 2, &cp.url(), &ca, &states[1], &options).unwrap();
+    let a2 = CellAgent::start(&f.cells[1], 2, &cp.url(), ca, &states[1], &options).unwrap();
     eventually("the restarted agent enforces", || a2.metric(&f.cells[1], "c2c_netagent_allow_entries") == Some(1.0));
     assert!(conn.round_trip("after"), "the established connection survived the agent's restart");
     drop(conn);

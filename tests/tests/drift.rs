@@ -6,10 +6,9 @@
 use std::time::{Duration, Instant};
 
 use harness::cell::{CellAgent, CellOptions};
-use harness::control_plane::ControlPlane;
-use harness::lab::{Netns, attach, eventually, fabric, require_root, require_tool};
+use harness::lab::{Netns, eventually, require_root, require_tool};
 use harness::probes::exchange;
-use harness::scratch::TempDir;
+use harness::world::World;
 use netagent::config::Enforcement;
 use policy_client::types::{Policy, Protocol};
 
@@ -36,15 +35,12 @@ fn forward_chain(cell: &Netns) -> String {
 fn iptables_drift_is_repaired_at_once() {
     require_root();
     require_tool("iptables-restore", "iptables");
-    let f = fabric(1);
+    let w = World::new(1, "c2c-drift");
+    let (f, _ctl, dir, ca) = (&w.fabric, &w.ctl, &w.dir, &w.ca);
     let cell = &f.cells[0];
-    let ctl = Netns::new("ctl");
-    attach(&f.switch, &ctl, 254);
-    let dir = TempDir::new("c2c-drift");
-    let ca = testkit::pki::TestCa::new(dir.path(), "ca");
-    let cp = ControlPlane::start(&ctl, &ca, dir.path()).unwrap();
+    let cp = w.control_plane();
     let options = CellOptions { enforcement: Enforcement::Iptables, ..CellOptions::default() };
-    let agent = CellAgent::start(cell, 1, &cp.url(), &ca, &dir.join("cell1"), &options).unwrap();
+    let agent = CellAgent::start(cell, 1, &cp.url(), ca, &dir.join("cell1"), &options).unwrap();
     let (a_ns, b_ns, c_ns) = (Netns::new("a"), Netns::new("b"), Netns::new("c"));
     agent.add(cell, "a", &a_ns, "app-a").unwrap();
     let b = agent.add(cell, "b", &b_ns, "app-b").unwrap();

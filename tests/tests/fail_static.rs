@@ -4,10 +4,9 @@
 //! the policies it last had for containers added meanwhile. Needs root and nft.
 
 use harness::cell::{CellAgent, CellOptions};
-use harness::control_plane::ControlPlane;
-use harness::lab::{Netns, attach, eventually, fabric, require_root, require_tool, vtep_routes};
+use harness::lab::{Netns, eventually, require_root, require_tool, vtep_routes};
 use harness::probes::exchange;
-use harness::scratch::TempDir;
+use harness::world::World;
 use policy_client::types::{Policy, Protocol};
 
 /// GET `/health` of an agent: status and body.
@@ -24,16 +23,13 @@ fn health(cell: &Netns, agent: &CellAgent) -> (u16, serde_json::Value) {
 fn a_corrupt_container_store_keeps_the_last_good_ruleset() {
     require_root();
     require_tool("nft", "nftables");
-    let f = fabric(2);
+    let w = World::new(2, "c2c-fail-static");
+    let (f, dir, ca) = (&w.fabric, &w.dir, &w.ca);
     let (cell1, cell2) = (&f.cells[0], &f.cells[1]);
-    let ctl = Netns::new("ctl");
-    attach(&f.switch, &ctl, 254);
-    let dir = TempDir::new("c2c-fail-static");
-    let ca = testkit::pki::TestCa::new(dir.path(), "ca");
-    let cp = ControlPlane::start(&ctl, &ca, dir.path()).unwrap();
+    let cp = w.control_plane();
     let options = CellOptions::default();
-    let a1 = CellAgent::start(cell1, 1, &cp.url(), &ca, &dir.join("cell1"), &options).unwrap();
-    let a2 = CellAgent::start(cell2, 2, &cp.url(), &ca, &dir.join("cell2"), &options).unwrap();
+    let a1 = CellAgent::start(cell1, 1, &cp.url(), ca, &dir.join("cell1"), &options).unwrap();
+    let a2 = CellAgent::start(cell2, 2, &cp.url(), ca, &dir.join("cell2"), &options).unwrap();
     eventually("both cells know each other", || {
         vtep_routes(cell1, "c2c-vtep") == 1 && vtep_routes(cell2, "c2c-vtep") == 1
     });
@@ -78,17 +74,14 @@ fn a_corrupt_container_store_keeps_the_last_good_ruleset() {
 fn a_restart_without_the_control_plane_enforces_the_saved_policies() {
     require_root();
     require_tool("nft", "nftables");
-    let f = fabric(2);
+    let w = World::new(2, "c2c-restart");
+    let (f, dir, ca) = (&w.fabric, &w.dir, &w.ca);
     let (cell1, cell2) = (&f.cells[0], &f.cells[1]);
-    let ctl = Netns::new("ctl");
-    attach(&f.switch, &ctl, 254);
-    let dir = TempDir::new("c2c-restart");
-    let ca = testkit::pki::TestCa::new(dir.path(), "ca");
-    let cp = ControlPlane::start(&ctl, &ca, dir.path()).unwrap();
+    let cp = w.control_plane();
     let url = cp.url();
     let options = CellOptions::default();
-    let a1 = CellAgent::start(cell1, 1, &url, &ca, &dir.join("cell1"), &options).unwrap();
-    let a2 = CellAgent::start(cell2, 2, &url, &ca, &dir.join("cell2"), &options).unwrap();
+    let a1 = CellAgent::start(cell1, 1, &url, ca, &dir.join("cell1"), &options).unwrap();
+    let a2 = CellAgent::start(cell2, 2, &url, ca, &dir.join("cell2"), &options).unwrap();
     eventually("both cells know each other", || {
         vtep_routes(cell1, "c2c-vtep") == 1 && vtep_routes(cell2, "c2c-vtep") == 1
     });
@@ -104,7 +97,7 @@ fn a_restart_without_the_control_plane_enforces_the_saved_policies() {
     drop(cp);
     let subnet = a2.subnet.clone();
     drop(a2);
-    let a2 = CellAgent::start(cell2, 2, &url, &ca, &dir.join("cell2"), &options).unwrap();
+    let a2 = CellAgent::start(cell2, 2, &url, ca, &dir.join("cell2"), &options).unwrap();
     assert_eq!(a2.subnet, subnet, "the same subnet");
 
     // New containers: another instance of B (the saved policy covers it at once) and an app

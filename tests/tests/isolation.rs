@@ -9,10 +9,9 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use harness::cell::{CellAgent, CellOptions};
-use harness::control_plane::ControlPlane;
-use harness::lab::{Netns, attach, eventually, fabric, require_root, require_tool, vtep_routes};
+use harness::lab::{Netns, attach, eventually, require_root, require_tool, vtep_routes};
 use harness::probes::{TcpServer, connects, exchange};
-use harness::scratch::TempDir;
+use harness::world::World;
 use netagent::config::Enforcement;
 use policy_client::types::{Policy, Protocol};
 
@@ -81,19 +80,16 @@ fn isolation(enforcement: Enforcement) {
     require_root();
     require_tool("nft", "nftables");
     require_tool("python3", "python3");
-    let f = fabric(2);
+    let w = World::new(2, "c2c-isolation");
+    let (f, _ctl, dir, ca) = (&w.fabric, &w.ctl, &w.dir, &w.ca);
     let (cell1, cell2) = (&f.cells[0], &f.cells[1]);
-    let ctl = Netns::new("ctl");
-    attach(&f.switch, &ctl, 254);
     // A host on the underlay (where the router and other cells are).
     let outside = Netns::new("outside");
     attach(&f.switch, &outside, 200);
-    let dir = TempDir::new("c2c-isolation");
-    let ca = testkit::pki::TestCa::new(dir.path(), "ca");
-    let cp = ControlPlane::start(&ctl, &ca, dir.path()).unwrap();
+    let cp = w.control_plane();
     let options = CellOptions { enforcement, ..CellOptions::default() };
-    let a1 = CellAgent::start(cell1, 1, &cp.url(), &ca, &dir.join("cell1"), &options).unwrap();
-    let a2 = CellAgent::start(cell2, 2, &cp.url(), &ca, &dir.join("cell2"), &options).unwrap();
+    let a1 = CellAgent::start(cell1, 1, &cp.url(), ca, &dir.join("cell1"), &options).unwrap();
+    let a2 = CellAgent::start(cell2, 2, &cp.url(), ca, &dir.join("cell2"), &options).unwrap();
     eventually("both cells know each other", || {
         vtep_routes(cell1, "c2c-vtep") == 1 && vtep_routes(cell2, "c2c-vtep") == 1
     });

@@ -8,26 +8,23 @@ use std::time::{Duration, Instant};
 
 use harness::cell::{CellAgent, CellOptions};
 use harness::control_plane::ControlPlane;
-use harness::lab::{Netns, attach, eventually, fabric, require_root, require_tool, vtep_routes};
+use harness::lab::{Netns, eventually, require_root, require_tool, vtep_routes};
 use harness::probes::{TcpServer, connects};
-use harness::scratch::TempDir;
+use harness::world::World;
 use policy_client::types::{Policy, Protocol};
 
 #[test]
 fn cells_are_current_moments_after_the_control_plane_returns() {
     require_root();
     require_tool("nft", "nftables");
-    let f = fabric(2);
+    let w = World::new(2, "c2c-recovery");
+    let (f, ctl, dir, ca) = (&w.fabric, &w.ctl, &w.dir, &w.ca);
     let (cell1, cell2) = (&f.cells[0], &f.cells[1]);
-    let ctl = Netns::new("ctl");
-    attach(&f.switch, &ctl, 254);
-    let dir = TempDir::new("c2c-recovery");
-    let ca = testkit::pki::TestCa::new(dir.path(), "ca");
-    let cp = ControlPlane::start(&ctl, &ca, dir.path()).unwrap();
+    let cp = w.control_plane();
     let (url, port) = (cp.url(), cp.port);
     let options = CellOptions::default();
-    let a1 = CellAgent::start(cell1, 1, &url, &ca, &dir.join("cell1"), &options).unwrap();
-    let a2 = CellAgent::start(cell2, 2, &url, &ca, &dir.join("cell2"), &options).unwrap();
+    let a1 = CellAgent::start(cell1, 1, &url, ca, &dir.join("cell1"), &options).unwrap();
+    let a2 = CellAgent::start(cell2, 2, &url, ca, &dir.join("cell2"), &options).unwrap();
     eventually("both cells know each other", || {
         vtep_routes(cell1, "c2c-vtep") == 1 && vtep_routes(cell2, "c2c-vtep") == 1
     });
@@ -43,7 +40,7 @@ fn cells_are_current_moments_after_the_control_plane_returns() {
     let failures = || a2.metric(cell2, "c2c_netagent_renew_failures_total").unwrap_or(0.0);
     eventually_long("a long outage", || failures() >= 40.0);
 
-    let cp = ControlPlane::start_on(&ctl, &ca, dir.path(), port).unwrap();
+    let cp = ControlPlane::start_on(ctl, ca, dir.path(), port).unwrap();
     cp.create(vec![Policy::new("app-a", "app-b", Protocol::Tcp, 8080, 8080)]).unwrap();
     let answered = Instant::now();
     eventually("the policy reaches the cells", || connects(&a_ns, b, 8080, Duration::from_millis(20)));
