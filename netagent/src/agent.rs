@@ -49,8 +49,9 @@ pub fn control_plane_client(config: &Config) -> Result<policy_client::Client, Ag
     let mut identity = read(&config.client_cert_file)?;
     identity.extend(read(&config.client_key_file)?);
     let ca = read(&config.ca_file)?;
+    // The foundation's own CA only: a public CA must not be able to vouch for a control plane.
     let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).map_err(|e| AgentError::Http(e.to_string()))?)
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).map_err(|e| AgentError::Http(e.to_string()))?)
         .identity(reqwest::Identity::from_pem(&identity).map_err(|e| AgentError::Http(e.to_string()))?)
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))

@@ -16,11 +16,22 @@ pub async fn may_change(cc: &CloudController, caller: &Identity, policies: &[Pol
     }
     let apps = apps_of(policies);
     let spaces = cc.app_spaces(&apps, false).await?;
-    if spaces.len() < apps.len() {
-        return Ok(false);
-    }
     let mine = cc.developer_spaces(&caller.subject_id).await?;
-    Ok(spaces.values().all(|s| mine.contains(s)))
+    // Membership of every requested id, never a count: an id Cloud Controller did not
+    // return for exactly that id is not an app the caller may touch.
+    Ok(apps.iter().all(|app| spaces.get(app).is_some_and(|space| mine.contains(space))))
+}
+
+/// For non-admins, the first requested id that cannot be a Cloud Controller app guid.
+pub fn non_guid<'a>(caller: &Identity, policies: &'a [Policy]) -> Option<(&'static str, &'a str)> {
+    if caller.is_admin() {
+        return None;
+    }
+    policies.iter().find_map(|p| {
+        [("source", p.source.as_str()), ("destination", p.destination.as_str())]
+            .into_iter()
+            .find(|(_, id)| !crate::ids::is_app_guid(id))
+    })
 }
 
 /// The subset of `policies` that `caller` may see.

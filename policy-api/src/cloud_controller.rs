@@ -195,8 +195,11 @@ impl CloudController {
                 url::Url::parse(&format!("{}/v3/apps", self.base)).map_err(|e| CcError::Request(e.to_string()))?;
             url.query_pairs_mut().append_pair("guids", &chunk.join(",")).append_pair("per_page", &CHUNK.to_string());
             let found: Vec<AppResource> = self.all_pages(url.to_string()).await?;
+            // Only the guids asked for count: an answer for another guid (a case variant on
+            // a case-insensitive database, or a confused proxy) must not vouch for an id.
+            let asked: HashSet<&String> = chunk.iter().collect();
             let mut seen = HashSet::new();
-            for app in found {
+            for app in found.into_iter().filter(|a| asked.contains(&a.guid)) {
                 if let Some(space) = app.relationships.space.data {
                     seen.insert(app.guid.clone());
                     self.app_spaces.insert(app.guid.clone(), Some(space.guid.clone())).await;

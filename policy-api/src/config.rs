@@ -168,11 +168,17 @@ pub struct Config {
     pub tag_length: u8,
     /// Most policies one app may be the source of, for non-admins.
     pub max_policies_per_app_source: u64,
+    /// Most apps one non-admin caller may give a new tag per hour (per replica). Tags are a
+    /// foundation-wide pool of 65,535.
+    pub max_new_apps_per_caller_per_hour: u64,
     /// Let any authenticated user manage policies of apps in spaces where they are a space
     /// developer, without `network.write`.
     pub enable_space_developer_self_service: bool,
     /// Origins allowed by CORS (`*` for any).
     pub allowed_cors_domains: Vec<String>,
+    /// On SIGTERM: how long in-flight requests may take to finish after the listeners
+    /// close and every open watch is answered (milliseconds).
+    pub shutdown_timeout_ms: u64,
     /// Minutes between stale-policy cleanups (at least 1).
     pub cleanup_interval_minutes: u64,
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter.
@@ -195,8 +201,10 @@ impl Default for Config {
             database_connect_timeout_secs: 30,
             tag_length: 2,
             max_policies_per_app_source: 150,
+            max_new_apps_per_caller_per_hour: 1000,
             enable_space_developer_self_service: false,
             allowed_cors_domains: Vec::new(),
+            shutdown_timeout_ms: 2000,
             cleanup_interval_minutes: 60,
             log_level: "info".into(),
             log_format: LogFormat::Json,

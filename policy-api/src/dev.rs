@@ -69,7 +69,8 @@ pub fn banner(world: &DevWorld, api: &str, internal: Option<SocketAddr>, metrics
   API:              {api}
   Metrics:          {metrics}
   Fake UAA:         {uaa}   (users admin, alice, carol, bob; password "password")
-  Fake CC:          {cc}    (apps app-1, app-2 in space-1; app-3 in space-2)
+  Fake CC:          {cc}
+                    app-1 {app1}, app-2 {app2} in space-1; app-3 {app3} in space-2
   Cells' API:       {internal}   (mTLS; a cell certificate is in {pki})
 
   Admin token (network.admin):
@@ -79,13 +80,16 @@ pub fn banner(world: &DevWorld, api: &str, internal: Option<SocketAddr>, metrics
 
   Try:
     curl -s -H "Authorization: Bearer $TOKEN" -X POST {api}/networking/v1/external/policies \
-      -d '{{"policies":[{{"source":{{"id":"app-1"}},"destination":{{"id":"app-2","protocol":"tcp","ports":{{"start":8080,"end":8080}}}}}}]}}'
+      -d '{{"policies":[{{"source":{{"id":"{app1}"}},"destination":{{"id":"{app2}","protocol":"tcp","ports":{{"start":8080,"end":8080}}}}}}]}}'
     curl -s -H "Authorization: Bearer $TOKEN" {api}/networking/v1/external/policies
     curl -s -H "Authorization: Bearer $TOKEN" {api}/networking/v1/external/tags
     curl -s --cacert {ca} --cert {cert} --key {key} {internal}/networking/v1/internal/policies
   Stop with Ctrl-C.
 "#,
         uaa = world.cf.uaa.url(),
+        app1 = testkit::APP_1,
+        app2 = testkit::APP_2,
+        app3 = testkit::APP_3,
         cc = world.cf.cc.url(),
         internal = internal.map(|a| format!("https://{a}")).unwrap_or_else(|| "off".into()),
         pki = world.pki_dir.display(),

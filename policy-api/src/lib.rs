@@ -14,6 +14,7 @@ pub mod config;
 pub mod dev;
 pub mod discovery;
 pub mod gojson;
+pub mod ids;
 pub mod jobs;
 pub mod leases;
 pub mod mapper;
@@ -23,6 +24,7 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod store;
+pub mod tag_budget;
 pub mod tls;
 pub mod uptime;
 

@@ -126,6 +126,17 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// Deviation from upstream, which stores any id: an id that would split or spill in a
+/// query, a filter or a log is refused (see [`crate::ids`]).
+fn check_ids(raw: &RawPolicy) -> Result<(), MapperError> {
+    for (which, id) in [("source", &raw.source_id), ("destination", &raw.destination_id)] {
+        if let Some(why) = crate::ids::problem(id) {
+            return Err(invalid(format!("invalid {which} id: {why}")));
+        }
+    }
+    Ok(())
+}
+
 const PROTOCOL_MESSAGE: &str = "invalid destination protocol, specify either udp or tcp";
 
 fn validate_v1(raw: &RawPolicy) -> Result<Policy, MapperError> {
@@ -135,6 +146,7 @@ fn validate_v1(raw: &RawPolicy) -> Result<Policy, MapperError> {
     if raw.destination_id.is_empty() {
         return Err(invalid("missing destination id"));
     }
+    check_ids(raw)?;
     let protocol = Protocol::parse(&raw.protocol).ok_or_else(|| invalid(PROTOCOL_MESSAGE))?;
     let (start, end) = (raw.start, raw.end);
     if start > end {
@@ -163,6 +175,7 @@ fn validate_v0(raw: &RawPolicy) -> Result<Policy, MapperError> {
     if raw.destination_id.is_empty() {
         return Err(invalid("missing destination id"));
     }
+    check_ids(raw)?;
     let protocol = Protocol::parse(&raw.protocol).ok_or_else(|| invalid(PROTOCOL_MESSAGE))?;
     let port = raw.port;
     if port < 0 {
@@ -309,6 +322,18 @@ mod tests {
             (&one_v1("", "b", "tcp", r#"{"start":1,"end":1}"#), "missing source id"),
             (&one_v1("", "", "icmp", r#"{"start":0,"end":0}"#), "missing source id"),
             (&one_v1("a", "", "tcp", r#"{"start":1,"end":1}"#), "missing destination id"),
+            (
+                &one_v1("a,x1", "b", "icmp", r#"{"start":1,"end":1}"#),
+                "invalid source id: must not contain commas, whitespace or control characters",
+            ),
+            (
+                &one_v1("a", "b\\u0000", "tcp", r#"{"start":1,"end":1}"#),
+                "invalid destination id: must not contain commas, whitespace or control characters",
+            ),
+            (
+                &one_v1("a", "b c", "tcp", r#"{"start":1,"end":1}"#),
+                "invalid destination id: must not contain commas, whitespace or control characters",
+            ),
             (&one_v1("a", "b", "icmp", r#"{"start":1,"end":1}"#), PROTOCOL_MESSAGE),
             (&one_v1("a", "b", "TCP", r#"{"start":1,"end":1}"#), PROTOCOL_MESSAGE),
             (&one_v1("a", "b", "all", r#"{"start":1,"end":1}"#), PROTOCOL_MESSAGE),

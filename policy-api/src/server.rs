@@ -45,6 +45,7 @@ pub struct Server {
     pub internal_addr: Option<SocketAddr>,
     pub state: AppState,
     stop: watch::Sender<bool>,
+    shutdown_timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
 }
@@ -60,6 +61,7 @@ impl Server {
         let handle = prometheus();
         let (state, loader) = AppState::from_config(config).await?;
         let (stop, stopped) = watch::channel(false);
+        let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
         let mut tasks = Vec::new();
 
         // Certificates are read before binding, so a bad file fails start-up at once.
@@ -68,7 +70,7 @@ impl Server {
         let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
         let router = api::router(state.clone());
         tasks.push(match tls {
-            Some(tls) => tokio::spawn(crate::tls::serve(listener, tls, router, stopped.clone())),
+            Some(tls) => tokio::spawn(crate::tls::serve(listener, tls, router, stopped.clone(), shutdown_timeout)),
             None => spawn_serving(listener, router, stopped.clone()),
         });
         let scheme = if config.tls.is_some() { "https" } else { "http" };
@@ -89,7 +91,7 @@ impl Server {
             let listener = bind(config.internal.listen).await?;
             internal_addr = listener.local_addr().ok();
             let router = api::internal_router(state.clone());
-            tasks.push(tokio::spawn(crate::tls::serve(listener, tls, router, stopped.clone())));
+            tasks.push(tokio::spawn(crate::tls::serve(listener, tls, router, stopped.clone(), shutdown_timeout)));
             background.push(jobs::spawn_asg_sync(
                 state.store.clone(),
                 state.cc.clone(),
@@ -104,23 +106,26 @@ impl Server {
             tracing::info!(listen_address = ?internal_addr, "starting internal server");
         }
         tracing::info!(listen_address = %addr, metrics = ?metrics_addr, "starting external server");
-        Ok(Server { addr, scheme, metrics_addr, internal_addr, state, stop, tasks, background })
+        Ok(Server { addr, scheme, metrics_addr, internal_addr, state, stop, shutdown_timeout, tasks, background })
     }
 
     pub fn url(&self) -> String {
         format!("{}://{}", self.scheme, self.addr)
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to a minute, as upstream), stops
-    /// background work.
+    /// Stops accepting at once, answers every open watch, lets in-flight requests (writes
+    /// included) finish, and stops background work, all within `shutdown_timeout_ms`.
+    /// Upstream waits up to a minute, on every long poll.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        self.state.snapshots.close();
         for task in &self.background {
             task.abort();
         }
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         for task in self.tasks {
             let abort = task.abort_handle();
-            if tokio::time::timeout(std::time::Duration::from_secs(60), task).await.is_err() {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
                 abort.abort();
             }
         }

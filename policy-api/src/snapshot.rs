@@ -143,6 +143,8 @@ pub struct Snapshots {
     rx: watch::Receiver<Arc<Snapshot>>,
     tx: Arc<watch::Sender<Arc<Snapshot>>>,
     wake: Arc<Notify>,
+    /// Turns true when the server shuts down: every open watch answers at once.
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for Snapshots {
@@ -177,7 +179,12 @@ impl Snapshots {
         let versions = store.versions().await?;
         let first = load(&store, versions, None).await?;
         let (tx, rx) = watch::channel(Arc::new(first));
-        let snapshots = Snapshots { rx, tx: Arc::new(tx), wake: Arc::new(Notify::new()) };
+        let snapshots = Snapshots {
+            rx,
+            tx: Arc::new(tx),
+            wake: Arc::new(Notify::new()),
+            closing: Arc::new(watch::channel(false).0),
+        };
         let loader = snapshots.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -262,6 +269,12 @@ impl Snapshots {
         }
     }
 
+    /// Answers every open watch now and every later one at once, so cells move to another
+    /// replica instead of waiting on one that is going away.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
     /// Asks the loader to look now (after a local write).
     pub fn changed(&self) {
         self.wake.notify_one();
@@ -282,23 +295,46 @@ fn not_older(a: &Versions, b: &Versions) -> bool {
     a.policies >= b.policies && a.asgs >= b.asgs && a.discovery >= b.discovery
 }
 
-/// Waits until `answer(snapshot)` has an entity tag other than `etag`, or `wait` passes.
-/// Returns the newest answer either way; the caller answers 304 if its tag is still `etag`.
+/// Waits until `answer(snapshot)` has an entity tag other than `etag`, `wait` passes, or the
+/// server shuts down. Returns the newest answer either way; the caller answers 304 if its
+/// tag is still `etag`.
 pub async fn watch_answer<F>(snapshots: &Snapshots, etag: Option<&str>, wait: Duration, answer: F) -> Arc<Answer>
 where
     F: Fn(&Snapshot) -> Arc<Answer>,
 {
     let mut rx = snapshots.subscribe();
+    let mut closing = snapshots.closing.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
+    let mut _waiting = None;
     loop {
         let current = answer(&rx.borrow_and_update().clone());
-        if etag != Some(current.etag.as_str()) || wait.is_zero() {
+        if etag != Some(current.etag.as_str()) || wait.is_zero() || *closing.borrow() {
             return current;
         }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
-            Ok(Ok(())) => continue,
-            _ => return current,
+        _waiting.get_or_insert_with(Waiting::new);
+        tokio::select! {
+            changed = tokio::time::timeout_at(deadline, rx.changed()) => match changed {
+                Ok(Ok(())) => continue,
+                _ => return current,
+            },
+            _ = closing.wait_for(|c| *c) => return current,
         }
+    }
+}
+
+/// Counts a watch in `c2c_watches_waiting` while it waits.
+struct Waiting;
+
+impl Waiting {
+    fn new() -> Self {
+        metrics::gauge!("c2c_watches_waiting").increment(1.0);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        metrics::gauge!("c2c_watches_waiting").decrement(1.0);
     }
 }
 

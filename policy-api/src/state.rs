@@ -32,6 +32,7 @@ pub struct Inner {
     pub internal: InternalSettings,
     pub verifier: Verifier,
     pub cc: Arc<CloudController>,
+    pub tag_budget: crate::tag_budget::TagBudget,
     pub settings: Settings,
     pub started: Instant,
 }
@@ -57,8 +58,9 @@ pub enum StartError {
     Http { what: &'static str, message: String },
 }
 
-/// An HTTP client for UAA or Cloud Controller, trusting `ca_file` in addition to the system
-/// roots.
+/// An HTTP client for UAA or Cloud Controller. With `ca_file`, it trusts that CA only, not
+/// the platform's roots as well: a foundation's UAA and Cloud Controller certificates come
+/// from its own CA, and any public CA could otherwise vouch for an impostor.
 pub fn http_client(
     what: &'static str,
     ca_file: Option<&std::path::Path>,
@@ -74,9 +76,7 @@ pub fn http_client(
         let pem = std::fs::read(path).map_err(|e| err(format!("cannot read CA file {}: {e}", path.display())))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| err(format!("CA file {} is not PEM: {e}", path.display())))?;
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
+        builder = builder.tls_certs_only(certs);
     }
     if skip_verify {
         builder = builder.danger_accept_invalid_certs(true);
@@ -148,6 +148,7 @@ impl AppState {
             },
             verifier,
             cc,
+            tag_budget: crate::tag_budget::TagBudget::new(config.max_new_apps_per_caller_per_hour),
             settings: Settings {
                 max_policies_per_app_source: config.max_policies_per_app_source,
                 self_service: config.enable_space_developer_self_service,

@@ -98,11 +98,19 @@ impl TlsFiles {
     }
 }
 
-/// Serves `router` over TLS until `stopped` turns true. Handshake failures (no client
-/// certificate, wrong CA, plain HTTP) close that connection and are counted, nothing more.
-pub async fn serve(listener: TcpListener, config: ServerConfig, router: Router, mut stopped: watch::Receiver<bool>) {
+/// Serves `router` over TLS until `stopped` turns true, then lets open connections finish
+/// for up to `grace` and closes the rest. Handshake failures (no client certificate, wrong
+/// CA, plain HTTP) close that connection and are counted, nothing more.
+pub async fn serve(
+    listener: TcpListener,
+    config: ServerConfig,
+    router: Router,
+    mut stopped: watch::Receiver<bool>,
+    grace: std::time::Duration,
+) {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -114,6 +122,7 @@ pub async fn serve(listener: TcpListener, config: ServerConfig, router: Router, 
                 }
             },
             _ = async { drop(stopped.wait_for(|s| *s).await) } => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         // Answers are small writes (headers, then body frames): without this, Nagle holds
         // one back until the peer's delayed ACK, some 40 ms.
@@ -123,7 +132,7 @@ pub async fn serve(listener: TcpListener, config: ServerConfig, router: Router, 
         let acceptor = acceptor.clone();
         let router = router.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -151,5 +160,9 @@ pub async fn serve(listener: TcpListener, config: ServerConfig, router: Router, 
             }
         });
     }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(60), graceful.shutdown()).await;
+    // Stop accepting at once (the listener closes here), tell HTTP/2 peers to go away, and
+    // give what is in flight `grace` to finish.
+    drop(listener);
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+    connections.abort_all();
 }

@@ -97,6 +97,7 @@ struct Inner {
     base: RwLock<String>,
     requests: AtomicU64,
     failing: std::sync::atomic::AtomicBool,
+    ignore_guid_filter: std::sync::atomic::AtomicBool,
 }
 
 /// A running Cloud Controller double.
@@ -120,6 +121,7 @@ impl CloudController {
             base: RwLock::new(String::new()),
             requests: AtomicU64::new(0),
             failing: std::sync::atomic::AtomicBool::new(false),
+            ignore_guid_filter: std::sync::atomic::AtomicBool::new(false),
         });
         let router = Router::new()
             .route("/", get(root))
@@ -200,6 +202,12 @@ impl CloudController {
     /// While set, every v3 request fails with 503, as a Cloud Controller in trouble would.
     pub fn set_failing(&self, failing: bool) {
         self.inner.failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// While set, `GET /v3/apps?guids=` answers every app the caller can see, as a Cloud
+    /// Controller (or a proxy in front of it) that drops the filter would.
+    pub fn set_ignore_guid_filter(&self, ignore: bool) {
+        self.inner.ignore_guid_filter.store(ignore, Ordering::Relaxed);
     }
 }
 
@@ -417,7 +425,10 @@ async fn v3_root(State(cc): State<Arc<Inner>>) -> Json<Value> {
 async fn list_apps(State(cc): State<Arc<Inner>>, caller: Caller, Query(q): Query<HashMap<String, String>>) -> Response {
     let base = cc.base.read().expect("lock").clone();
     let world = cc.world.read().expect("lock");
-    let (guids, names, spaces) = (list_param(&q, "guids"), list_param(&q, "names"), list_param(&q, "space_guids"));
+    let (mut guids, names, spaces) = (list_param(&q, "guids"), list_param(&q, "names"), list_param(&q, "space_guids"));
+    if cc.ignore_guid_filter.load(Ordering::Relaxed) {
+        guids = None;
+    }
     let orgs = list_param(&q, "organization_guids");
     let items: Vec<Value> = world
         .apps

@@ -13,6 +13,11 @@ pub use cloud_controller::{App, CloudController, Fixture, Org, Role, SecurityGro
 pub use keys::SigningAlg;
 pub use uaa::{Claims, OAuthClient, TokenRequest, Uaa, User};
 
+/// Guids of the standard world's apps `app-1`, `app-2` and `app-3`.
+pub const APP_1: &str = "a0000000-0000-4000-8000-000000000001";
+pub const APP_2: &str = "a0000000-0000-4000-8000-000000000002";
+pub const APP_3: &str = "a0000000-0000-4000-8000-000000000003";
+
 /// The OAuth client the policy server uses for Cloud Controller lookups and `/check_token`.
 pub const POLICY_SERVER_CLIENT: &str = "network-policy";
 pub const POLICY_SERVER_SECRET: &str = "network-policy-secret";
@@ -20,7 +25,8 @@ pub const POLICY_SERVER_SECRET: &str = "network-policy-secret";
 /// UAA and Cloud Controller doubles started together with a small standard world:
 ///
 /// * org `org-1` (`o`) with spaces `space-1` (`s1`) and `space-2` (`s2`);
-/// * apps `app-1`, `app-2` in `space-1`, `app-3` in `space-2`;
+/// * apps named `app-1`, `app-2` in `space-1`, `app-3` in `space-2`, with the guids
+///   [`APP_1`], [`APP_2`], [`APP_3`] (lowercase UUIDs, as Cloud Controller's always are);
 /// * users `admin` (network.admin), `alice` (network.write, developer in `space-1`),
 ///   `carol` (network.write, developer in `space-1` and `space-2`), `bob` (no network scope,
 ///   developer in `space-1`); every password is `password`;
@@ -55,13 +61,14 @@ impl Cf {
 pub fn standard_fixture() -> Fixture {
     let org = |g: &str, n: &str| Org { guid: g.into(), name: n.into() };
     let space = |g: &str, n: &str| Space { guid: g.into(), name: n.into(), org: "org-1".into() };
-    let app = |g: &str, s: &str| App { guid: g.into(), name: g.into(), space: s.into(), state: "STARTED".into() };
+    let app =
+        |g: &str, n: &str, s: &str| App { guid: g.into(), name: n.into(), space: s.into(), state: "STARTED".into() };
     let dev =
         |u: &str, s: &str| Role { kind: "space_developer".into(), user: u.into(), space: Some(s.into()), org: None };
     Fixture {
         orgs: vec![org("org-1", "o")],
         spaces: vec![space("space-1", "s1"), space("space-2", "s2")],
-        apps: vec![app("app-1", "space-1"), app("app-2", "space-1"), app("app-3", "space-2")],
+        apps: vec![app(APP_1, "app-1", "space-1"), app(APP_2, "app-2", "space-1"), app(APP_3, "app-3", "space-2")],
         roles: vec![
             dev("alice-guid", "space-1"),
             dev("carol-guid", "space-1"),

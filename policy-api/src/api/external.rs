@@ -10,7 +10,8 @@ use super::extract::{Admin, Version, Writer};
 use crate::mapper::{self, ApiVersion};
 use crate::policy::{Policy, PolicyFilter};
 use crate::state::AppState;
-use crate::{authz, cleanup as cleaner, quota, uptime};
+use crate::store::{CreateLimits, StoreError};
+use crate::{authz, cleanup as cleaner, uptime};
 
 /// Largest request body, as upstream: 10 MiB.
 pub const BODY_LIMIT: usize = 10 << 20;
@@ -65,6 +66,11 @@ fn empty_ok() -> Response {
 }
 
 async fn guard(state: &AppState, caller: &crate::auth::Identity, policies: &[Policy]) -> Result<(), ApiError> {
+    if let Some((which, _)) = authz::non_guid(caller, policies) {
+        return Err(ApiError::bad_request(format!(
+            "mapper: validate policies: invalid {which} id: not a Cloud Controller app guid"
+        )));
+    }
     match authz::may_change(&state.cc, caller, policies).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(ApiError::forbidden("one or more applications cannot be found or accessed")),
@@ -84,20 +90,33 @@ pub async fn create_policies(
     let bytes = read_body(body, "failed reading request body").await?;
     let policies = mapper::policies_from_body(&bytes, version).map_err(|e| ApiError::bad_request(e.to_string()))?;
     guard(&state, &caller, &policies).await?;
-    if !caller.is_admin() {
-        let apps = quota::apps_to_count(&policies);
-        let existing = state.store.count_by_source(&apps).await.map_err(|e| {
-            tracing::error!(error = %e, "check quota failed");
-            ApiError::internal("check quota failed")
-        })?;
-        if quota::exceeded(&existing, &policies, state.settings.max_policies_per_app_source) {
-            return Err(ApiError::forbidden("policy quota exceeded"));
+    let mut budget = match caller.is_admin() {
+        true => None,
+        false => Some(state.tag_budget.hold(&caller.subject_id).await),
+    };
+    let limits = match &budget {
+        None => CreateLimits::default(),
+        Some(held) => CreateLimits {
+            max_per_source: Some(state.settings.max_policies_per_app_source),
+            max_new_tags: Some(held.remaining()),
+        },
+    };
+    let written = state.store.create(&policies, limits).await.map_err(|e| match e {
+        StoreError::QuotaExceeded => ApiError::forbidden("policy quota exceeded"),
+        StoreError::TagBudget { .. } => {
+            metrics::counter!("c2c_tag_budget_refusals_total").increment(1);
+            tracing::warn!(userName = caller.display_name(), error = %e, "tag budget exceeded");
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())
         }
-    }
-    let written = state.store.create(&policies).await.map_err(|e| {
-        tracing::error!(error = %e, "database create failed");
-        ApiError::internal("database create failed")
+        e => {
+            tracing::error!(error = %e, "database create failed");
+            ApiError::internal("database create failed")
+        }
     })?;
+    if let Some(held) = budget.as_mut() {
+        held.spend(written.new_tags);
+    }
+    drop(budget);
     state.snapshots.written(&written);
     tracing::info!(policies = policies.len(), userName = caller.display_name(), "created-policies");
     tracing::debug!(policies = ?policies, "created-policies");

@@ -25,7 +25,7 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 use sea_orm_migration::MigratorTrait;
 
 pub use leases::LeaseStoreError;
-pub use policies::{PolicyChange, Written, count_sources};
+pub use policies::{CreateLimits, PolicyChange, Written, count_sources};
 pub use tags::Tag;
 pub use versions::{Versions, now_secs};
 
@@ -42,6 +42,12 @@ pub enum StoreError {
         "failed to find available tag: all {0} tags are in use; run the stale-policy cleanup or remove policies of apps you no longer need"
     )]
     TagsExhausted(usize),
+    #[error("policy quota exceeded")]
+    QuotaExceeded,
+    #[error(
+        "this request would tag {wanted} new apps, but this caller may tag only {left} more this hour; try again later or ask an admin"
+    )]
+    TagBudget { wanted: u64, left: u64 },
     #[error("group {guid} exists with type {kind}; a policy needs an app group")]
     TypeConflict { guid: String, kind: String },
     #[error(

@@ -39,15 +39,23 @@ struct DestinationRow {
 }
 
 impl Store {
-    /// Creates the policies that do not exist yet, all in one transaction.
-    pub async fn create(&self, policies: &[Policy]) -> Result<Written, StoreError> {
+    /// Creates the policies that do not exist yet, all in one transaction, within `limits`.
+    /// The limits are checked after the version row is locked, so concurrent writers (on any
+    /// replica) see each other's rows and together never pass them.
+    pub async fn create(&self, policies: &[Policy], limits: CreateLimits) -> Result<Written, StoreError> {
         self.retrying("create", || async {
             let txn = self.db.begin().await?;
             bump(&txn).await?;
-            let tagged = self.create_in(&txn, policies).await?;
+            if let Some(max) = limits.max_per_source {
+                let existing = count_by_source(&txn, &crate::quota::apps_to_count(policies)).await?;
+                if crate::quota::exceeded(&existing, policies, max) {
+                    return Err(StoreError::QuotaExceeded);
+                }
+            }
+            let (tagged, new_tags) = self.create_in(&txn, policies, limits.max_new_tags).await?;
             let (version, last_updated_ns) = version_in(&txn).await?;
             txn.commit().await?;
-            Ok(Written { version, last_updated_ns, change: PolicyChange::Created(tagged) })
+            Ok(Written { version, last_updated_ns, new_tags, change: PolicyChange::Created(tagged) })
         })
         .await
     }
@@ -60,14 +68,19 @@ impl Store {
             delete_in(&txn, policies).await?;
             let (version, last_updated_ns) = version_in(&txn).await?;
             txn.commit().await?;
-            Ok(Written { version, last_updated_ns, change: PolicyChange::Deleted(policies.to_vec()) })
+            Ok(Written { version, last_updated_ns, new_tags: 0, change: PolicyChange::Deleted(policies.to_vec()) })
         })
         .await
     }
 
     /// Returns the policies asked for with their tags, in the order their rows were
-    /// inserted (those that already existed included).
-    async fn create_in(&self, txn: &DatabaseTransaction, policies: &[Policy]) -> Result<Vec<TaggedPolicy>, StoreError> {
+    /// inserted (those that already existed included), and how many apps got a new tag.
+    async fn create_in(
+        &self,
+        txn: &DatabaseTransaction,
+        policies: &[Policy],
+        max_new_tags: Option<u64>,
+    ) -> Result<(Vec<TaggedPolicy>, u64), StoreError> {
         // Allocation order is upstream's: for each policy, source then destination.
         let mut order: Vec<&str> = Vec::new();
         let mut seen: HashSet<&str> = HashSet::new();
@@ -80,6 +93,12 @@ impl Store {
         }
         let mut ids = group_ids(txn, &order, true).await?;
         let missing: Vec<&str> = order.iter().copied().filter(|g| !ids.contains_key(*g)).collect();
+        let new_tags = missing.len() as u64;
+        if let Some(left) = max_new_tags
+            && new_tags > left
+        {
+            return Err(StoreError::TagBudget { wanted: new_tags, left });
+        }
         if !missing.is_empty() {
             let free_stmt = Query::select()
                 .column(groups::Column::Id)
@@ -167,14 +186,15 @@ impl Store {
             }
             txn.execute(&insert).await?;
         }
-        Ok(by_pair
+        let tagged = by_pair
             .values()
             .map(|p| TaggedPolicy {
                 policy: (*p).clone(),
                 source_tag: format_tag(i64::from(ids[&p.source]), self.tag_length),
                 destination_tag: format_tag(i64::from(ids[&p.destination]), self.tag_length),
             })
-            .collect())
+            .collect();
+        Ok((tagged, new_tags))
     }
 
     /// Policies matching `filter`, with tags, in creation order.
@@ -261,40 +281,33 @@ impl Store {
         }
         Ok(out)
     }
+}
 
-    /// Number of policies per source app, for the apps given.
-    pub async fn count_by_source(&self, apps: &[String]) -> Result<HashMap<String, u64>, StoreError> {
-        let started = Instant::now();
-        let result = async {
-            let mut counts = HashMap::new();
-            for chunk in apps.chunks(CHUNK) {
-                let sg = Alias::new("sg");
-                let stmt = Query::select()
-                    .expr_as(Expr::col((sg.clone(), groups::Column::Guid)), Alias::new("guid"))
-                    .expr_as(Expr::col((policies::Entity, policies::Column::Id)).count(), Alias::new("n"))
-                    .from(policies::Entity)
-                    .join_as(
-                        JoinType::InnerJoin,
-                        groups::Entity,
-                        sg.clone(),
-                        Expr::col((sg.clone(), groups::Column::Id))
-                            .equals((policies::Entity, policies::Column::GroupId)),
-                    )
-                    .and_where(Expr::col((sg.clone(), groups::Column::Guid)).is_in(chunk.iter().cloned()))
-                    .group_by_col((sg.clone(), groups::Column::Guid))
-                    .to_owned();
-                for row in fetch::<SourceCountRow, _>(&self.db, &stmt).await? {
-                    if let Some(guid) = row.guid {
-                        counts.insert(guid, Ord::max(row.n, 0) as u64);
-                    }
-                }
+/// Number of policies per source app, for the apps given.
+async fn count_by_source<C: ConnectionTrait>(db: &C, apps: &[String]) -> Result<HashMap<String, u64>, StoreError> {
+    let mut counts = HashMap::new();
+    for chunk in apps.chunks(CHUNK) {
+        let sg = Alias::new("sg");
+        let stmt = Query::select()
+            .expr_as(Expr::col((sg.clone(), groups::Column::Guid)), Alias::new("guid"))
+            .expr_as(Expr::col((policies::Entity, policies::Column::Id)).count(), Alias::new("n"))
+            .from(policies::Entity)
+            .join_as(
+                JoinType::InnerJoin,
+                groups::Entity,
+                sg.clone(),
+                Expr::col((sg.clone(), groups::Column::Id)).equals((policies::Entity, policies::Column::GroupId)),
+            )
+            .and_where(Expr::col((sg.clone(), groups::Column::Guid)).is_in(chunk.iter().cloned()))
+            .group_by_col((sg.clone(), groups::Column::Guid))
+            .to_owned();
+        for row in fetch::<SourceCountRow, _>(db, &stmt).await? {
+            if let Some(guid) = row.guid {
+                counts.insert(guid, Ord::max(row.n, 0) as u64);
             }
-            Ok(counts)
         }
-        .await;
-        record("count_by_source", started, &result);
-        result
     }
+    Ok(counts)
 }
 
 /// What a committed policy write changed, so the in-memory snapshot can follow it without
@@ -304,7 +317,18 @@ pub struct Written {
     /// The write version this transaction produced (the one before it plus one).
     pub version: i64,
     pub last_updated_ns: i64,
+    /// Apps that got a tag in this write.
+    pub new_tags: u64,
     pub change: PolicyChange,
+}
+
+/// Limits a create must stay within, checked inside its transaction. Admins have none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CreateLimits {
+    /// `max_policies_per_app_source`, counted as upstream does ([`crate::quota`]).
+    pub max_per_source: Option<u64>,
+    /// How many apps may get a new tag.
+    pub max_new_tags: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

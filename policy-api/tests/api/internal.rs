@@ -439,11 +439,11 @@ pub async fn local_writes_publish_what_a_reload_would(backend: Backend) {
         }
     };
 
-    let w = store.create(&[sp("a", "b", 80), sp("a", "c", 81), sp("a", "b", 80)]).await.unwrap();
+    let w = store.create(&[sp("a", "b", 80), sp("a", "c", 81), sp("a", "b", 80)], Default::default()).await.unwrap();
     snapshots.written(&w);
     same_as_reload("first create").await;
     // Partly known already, with new apps and therefore new tags.
-    let w = store.create(&[sp("a", "b", 80), sp("d", "a", 82), sp("e", "f", 83)]).await.unwrap();
+    let w = store.create(&[sp("a", "b", 80), sp("d", "a", 82), sp("e", "f", 83)], Default::default()).await.unwrap();
     snapshots.written(&w);
     same_as_reload("overlapping create").await;
     let w = store.delete(&[sp("a", "c", 81), sp("x", "y", 1)]).await.unwrap();
@@ -452,8 +452,8 @@ pub async fn local_writes_publish_what_a_reload_would(backend: Backend) {
     assert_eq!(snapshots.current().policies.len(), 3);
 
     // Another replica writes; then this one: the snapshot must not skip the other write.
-    store.create(&[sp("other", "replica", 90)]).await.unwrap();
-    let w = store.create(&[sp("g", "h", 91)]).await.unwrap();
+    store.create(&[sp("other", "replica", 90)], Default::default()).await.unwrap();
+    let w = store.create(&[sp("g", "h", 91)], Default::default()).await.unwrap();
     snapshots.written(&w);
     let deadline = Instant::now() + Duration::from_secs(10);
     while snapshots.current().policies.len() != 5 {
@@ -511,4 +511,56 @@ pub async fn cells_act_only_for_themselves(backend: Backend) {
 
 async fn cell_leases(cell: &policy_client::Client) -> Vec<Lease> {
     cell.list_leases().await.unwrap().into_inner().leases
+}
+
+/// The gauge of watches waiting right now, from this process's recorder.
+fn watches_waiting() -> u64 {
+    let text = policy_api::server::prometheus().render();
+    text.lines()
+        .find_map(|l| l.strip_prefix("c2c_watches_waiting "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// On shutdown the server stops accepting at once and answers every open watch, instead of
+/// holding them for their full wait (upstream waits up to a minute).
+pub async fn shutdown_answers_every_watch() {
+    const WATCHES: usize = 1000;
+    let h = Harness::start_internal(Backend::Sqlite, |c| c.internal.max_watch_secs = 120).await;
+    let url = format!("{}/networking/v1/internal/policies?id=app-1&wait=120s", h.internal_url());
+    let etag = h.cell_http(None, true).get(url.replace("&wait=120s", "")).send().await.unwrap().headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    // Ten cells' connections (HTTP/2), a hundred watches on each.
+    let mut watches = Vec::new();
+    for _ in 0..10 {
+        let http = h.cell_http(None, true);
+        for _ in 0..WATCHES / 10 {
+            let (http, url, etag) = (http.clone(), url.clone(), etag.clone());
+            watches.push(tokio::spawn(async move {
+                http.get(&url).header("If-None-Match", etag).send().await.map(|r| r.status().as_u16())
+            }));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while watches_waiting() < WATCHES as u64 {
+        assert!(Instant::now() < deadline, "only {} of {WATCHES} watches are waiting", watches_waiting());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let internal = h.server.internal_addr.unwrap();
+    let Harness { server, pki: _pki, cf: _cf, db: _db, .. } = h;
+    let started = Instant::now();
+    server.shutdown().await;
+    let took = started.elapsed();
+    let mut answered = 0;
+    for w in watches {
+        match w.await.unwrap() {
+            Ok(304) => answered += 1,
+            other => panic!("a watch was cut instead of answered: {other:?}"),
+        }
+    }
+    assert_eq!(answered, WATCHES);
+    assert!(tokio::net::TcpStream::connect(internal).await.is_err(), "the listener is closed");
+    println!("shutdown with {WATCHES} open watches took {took:?}");
 }

@@ -41,6 +41,9 @@ for_backends!(
     scopes_and_spaces,
     self_service,
     quota,
+    ids_must_be_the_callers_apps,
+    new_tags_per_caller_are_budgeted,
+    quota_holds_under_concurrency,
     cleanup,
     info_headers_and_metrics,
     check_token_mode,
@@ -49,6 +52,11 @@ for_backends!(
     tags_are_unique_under_concurrency,
     replicas_migrate_together,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_every_watch() {
+    internal::shutdown_answers_every_watch().await
+}
 
 #[tokio::test]
 async fn es256_tokens_are_accepted() {

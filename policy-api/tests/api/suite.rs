@@ -6,6 +6,7 @@ use policy_client::types::{self, Policies, PoliciesV0, Policy, PolicyV0, Protoco
 use policy_client::{ClientInfo, error_message, error_status};
 
 use crate::harness::{Backend, Harness};
+use testkit::{APP_1, APP_2, APP_3};
 
 fn p(src: &str, dst: &str, proto: Protocol, start: i32, end: i32) -> Policy {
     Policy::new(src, dst, proto, start, end)
@@ -35,15 +36,15 @@ async fn all(client: &policy_client::Client) -> Vec<(String, String, String, i32
 pub async fn create_list_and_idempotence(backend: Backend) {
     let h = Harness::start(backend).await;
     let admin = h.admin();
-    let req = body(vec![p("app-1", "app-2", Protocol::Tcp, 8080, 8090), p("app-3", "app-3", Protocol::Udp, 53, 53)]);
+    let req = body(vec![p(APP_1, APP_2, Protocol::Tcp, 8080, 8090), p(APP_3, APP_3, Protocol::Udp, 53, 53)]);
     admin.create_policies(&req).await.unwrap();
     admin.create_policies(&req).await.unwrap();
     let got = all(&admin).await;
     assert_eq!(
         got,
         vec![
-            ("app-1".into(), "app-2".into(), "tcp".into(), 8080, 8090),
-            ("app-3".into(), "app-3".into(), "udp".into(), 53, 53)
+            (APP_1.into(), APP_2.into(), "tcp".into(), 8080, 8090),
+            (APP_3.into(), APP_3.into(), "udp".into(), 53, 53)
         ],
         "listed in creation order, no duplicates"
     );
@@ -63,12 +64,12 @@ pub async fn v0_create_and_delete_match_v1(backend: Backend) {
     let admin = h.admin();
     let v0 = PoliciesV0 {
         policies: vec![PolicyV0 {
-            source: types::Source { id: "app-1".into(), tag: None },
-            destination: types::DestinationV0 { id: "app-2".into(), tag: None, protocol: Protocol::Tcp, port: 1234 },
+            source: types::Source { id: APP_1.into(), tag: None },
+            destination: types::DestinationV0 { id: APP_2.into(), tag: None, protocol: Protocol::Tcp, port: 1234 },
         }],
     };
     admin.create_policies_v0(&v0).await.unwrap();
-    assert_eq!(all(&admin).await, vec![("app-1".into(), "app-2".into(), "tcp".into(), 1234, 1234)]);
+    assert_eq!(all(&admin).await, vec![(APP_1.into(), APP_2.into(), "tcp".into(), 1234, 1234)]);
     admin.delete_policies_v0(&v0).await.unwrap();
     assert!(all(&admin).await.is_empty());
 }
@@ -78,19 +79,22 @@ pub async fn filters(backend: Backend) {
     let admin = h.admin();
     admin
         .create_policies(&body(vec![
-            p("app-1", "app-2", Protocol::Tcp, 1, 1),
-            p("app-2", "app-3", Protocol::Tcp, 2, 2),
-            p("app-3", "app-1", Protocol::Tcp, 3, 3),
+            p(APP_1, APP_2, Protocol::Tcp, 1, 1),
+            p(APP_2, APP_3, Protocol::Tcp, 2, 2),
+            p(APP_3, APP_1, Protocol::Tcp, 3, 3),
         ]))
         .await
         .unwrap();
     let ports = |l: types::PolicyList| l.policies.iter().map(|p| p.destination.ports.start).collect::<Vec<_>>();
-    assert_eq!(ports(admin.list_policies(None, Some("app-1"), None).await.unwrap().into_inner()), vec![1, 3]);
-    assert_eq!(ports(admin.list_policies(None, None, Some("app-1,app-2")).await.unwrap().into_inner()), vec![1, 2]);
-    assert_eq!(ports(admin.list_policies(Some("app-1"), None, None).await.unwrap().into_inner()), vec![3]);
-    assert_eq!(ports(admin.list_policies(Some("app-3"), None, Some("app-2")).await.unwrap().into_inner()), vec![2]);
+    assert_eq!(ports(admin.list_policies(None, Some(APP_1), None).await.unwrap().into_inner()), vec![1, 3]);
+    assert_eq!(
+        ports(admin.list_policies(None, None, Some(&format!("{APP_1},{APP_2}"))).await.unwrap().into_inner()),
+        vec![1, 2]
+    );
+    assert_eq!(ports(admin.list_policies(Some(APP_1), None, None).await.unwrap().into_inner()), vec![3]);
+    assert_eq!(ports(admin.list_policies(Some(APP_3), None, Some(APP_2)).await.unwrap().into_inner()), vec![2]);
     // `id` wins over the others; an empty value matches nothing.
-    assert_eq!(ports(admin.list_policies(Some("app-3"), Some("app-2"), None).await.unwrap().into_inner()), vec![1, 2]);
+    assert_eq!(ports(admin.list_policies(Some(APP_3), Some(APP_2), None).await.unwrap().into_inner()), vec![1, 2]);
     assert_eq!(ports(admin.list_policies(None, Some(""), None).await.unwrap().into_inner()), Vec::<i32>::new());
 }
 
@@ -98,10 +102,7 @@ pub async fn delete_and_tag_reuse(backend: Backend) {
     let h = Harness::start(backend).await;
     let admin = h.admin();
     admin
-        .create_policies(&body(vec![
-            p("app-1", "app-2", Protocol::Tcp, 1, 1),
-            p("app-3", "app-1", Protocol::Tcp, 2, 2),
-        ]))
+        .create_policies(&body(vec![p(APP_1, APP_2, Protocol::Tcp, 1, 1), p(APP_3, APP_1, Protocol::Tcp, 2, 2)]))
         .await
         .unwrap();
     let tags = admin.list_tags().await.unwrap().into_inner().tags;
@@ -109,17 +110,17 @@ pub async fn delete_and_tag_reuse(backend: Backend) {
     assert_eq!(
         pairs,
         vec![
-            ("app-1".into(), "01".into(), "app".into()),
-            ("app-2".into(), "02".into(), "app".into()),
-            ("app-3".into(), "03".into(), "app".into())
+            (APP_1.into(), "01".into(), "app".into()),
+            (APP_2.into(), "02".into(), "app".into()),
+            (APP_3.into(), "03".into(), "app".into())
         ]
     );
     // Deleting what does not exist is fine and changes nothing.
-    admin.delete_policies(&body(vec![p("app-1", "app-2", Protocol::Udp, 1, 1)])).await.unwrap();
-    admin.delete_policies(&body(vec![p("nope", "app-2", Protocol::Tcp, 1, 1)])).await.unwrap();
+    admin.delete_policies(&body(vec![p(APP_1, APP_2, Protocol::Udp, 1, 1)])).await.unwrap();
+    admin.delete_policies(&body(vec![p("nope", APP_2, Protocol::Tcp, 1, 1)])).await.unwrap();
     assert_eq!(all(&admin).await.len(), 2);
     // app-2 is in no policy any more: its tag is freed and the next new app gets it.
-    admin.delete_policies(&body(vec![p("app-1", "app-2", Protocol::Tcp, 1, 1)])).await.unwrap();
+    admin.delete_policies(&body(vec![p(APP_1, APP_2, Protocol::Tcp, 1, 1)])).await.unwrap();
     let ids: Vec<String> = admin.list_tags().await.unwrap().into_inner().tags.into_iter().map(|t| t.tag).collect();
     assert_eq!(ids, vec!["01", "03"]);
     h.cf.cc.add_app("app-9", "app-9", "space-1");
@@ -131,7 +132,7 @@ pub async fn delete_and_tag_reuse(backend: Backend) {
 pub async fn validation_errors_change_nothing(backend: Backend) {
     let h = Harness::start(backend).await;
     let admin = h.admin();
-    admin.create_policies(&body(vec![p("app-1", "app-2", Protocol::Tcp, 1, 1)])).await.unwrap();
+    admin.create_policies(&body(vec![p(APP_1, APP_2, Protocol::Tcp, 1, 1)])).await.unwrap();
     let cases: &[(&str, &str, &str)] = &[
         ("/networking/v1/external/policies", "", "mapper: unmarshal json: unexpected end of JSON input"),
         ("/networking/v1/external/policies", "{", "mapper: unmarshal json: unexpected end of JSON input"),
@@ -175,7 +176,7 @@ pub async fn validation_errors_change_nothing(backend: Backend) {
         assert!(got.starts_with("{\"error\": "), "upstream spacing: {got}");
         assert_eq!(headers["content-type"], "application/json");
     }
-    assert_eq!(all(&admin).await, vec![("app-1".into(), "app-2".into(), "tcp".into(), 1, 1)]);
+    assert_eq!(all(&admin).await, vec![(APP_1.into(), APP_2.into(), "tcp".into(), 1, 1)]);
     let tags = admin.list_tags().await.unwrap().into_inner().tags;
     assert_eq!(tags.len(), 2, "no tag was allocated by a refused request");
 }
@@ -193,13 +194,13 @@ pub async fn oversized_bodies(backend: Backend) {
 pub async fn sql_metacharacters_are_data(backend: Backend) {
     let h = Harness::start(backend).await;
     let admin = h.admin();
-    let nasty = ["x'; DROP TABLE policies; --", "a\"b", "c\\d", "%_*", "é✓"];
+    let nasty = ["x';DROP/**/TABLE/**/policies;--", "a\"b", "c\\d", "%_*", "é✓"];
     let policies: Vec<Policy> = nasty.iter().map(|n| p(n, n, Protocol::Tcp, 1, 1)).collect();
     admin.create_policies(&body(policies)).await.unwrap();
     let got = all(&admin).await;
     let ids: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
     assert_eq!(ids, nasty.to_vec());
-    let filtered = admin.list_policies(Some("x'; DROP TABLE policies; --"), None, None).await.unwrap().into_inner();
+    let filtered = admin.list_policies(Some("x';DROP/**/TABLE/**/policies;--"), None, None).await.unwrap().into_inner();
     assert_eq!(filtered.total_policies, 1);
     admin.delete_policies(&body(nasty.iter().map(|n| p(n, n, Protocol::Tcp, 1, 1)).collect())).await.unwrap();
     assert!(all(&admin).await.is_empty());
@@ -209,7 +210,7 @@ pub async fn authentication_failures(backend: Backend) {
     let h = Harness::start(backend).await;
     let uaa = &h.cf.uaa;
     let before = h.admin().list_tags().await.unwrap().into_inner().tags.len();
-    let req = body(vec![p("app-1", "app-2", Protocol::Tcp, 1, 1)]);
+    let req = body(vec![p(APP_1, APP_2, Protocol::Tcp, 1, 1)]);
 
     // Missing header.
     let anonymous = policy_client::Client::new(&h.url());
@@ -253,7 +254,7 @@ pub async fn scopes_and_spaces(backend: Backend) {
     let req = |s: &str, d: &str| body(vec![p(s, d, Protocol::Tcp, 8080, 8080)]);
 
     let bob = h.client("bob");
-    let err = bob.create_policies(&req("app-1", "app-2")).await.unwrap_err();
+    let err = bob.create_policies(&req(APP_1, APP_2)).await.unwrap_err();
     assert_eq!(error_status(&err), Some(403));
     assert_eq!(
         error_message(&err),
@@ -272,8 +273,8 @@ pub async fn scopes_and_spaces(backend: Backend) {
     assert_eq!(error_status(&alice.whoami().await.unwrap_err()), Some(403));
 
     // alice develops in space-1 (app-1, app-2) but not space-2 (app-3).
-    alice.create_policies(&req("app-1", "app-2")).await.unwrap();
-    for (s, d) in [("app-1", "app-3"), ("app-3", "app-1"), ("app-1", "ghost")] {
+    alice.create_policies(&req(APP_1, APP_2)).await.unwrap();
+    for (s, d) in [(APP_1, APP_3), (APP_3, APP_1), (APP_1, GHOST)] {
         let err = alice.create_policies(&req(s, d)).await.unwrap_err();
         assert_eq!(error_status(&err), Some(403), "{s}->{d}");
         assert_eq!(error_message(&err), Some("one or more applications cannot be found or accessed"));
@@ -281,18 +282,18 @@ pub async fn scopes_and_spaces(backend: Backend) {
         assert_eq!(error_status(&err), Some(403), "{s}->{d}");
     }
     // The admin adds one alice may not see; her listing hides it.
-    h.admin().create_policies(&req("app-3", "app-1")).await.unwrap();
+    h.admin().create_policies(&req(APP_3, APP_1)).await.unwrap();
     let mine = alice.list_policies(None, None, None).await.unwrap().into_inner();
     assert_eq!(mine.total_policies, 1);
-    assert_eq!(mine.policies[0].destination.id, "app-2");
+    assert_eq!(mine.policies[0].destination.id, APP_2);
     let carol = h.client("carol");
     assert_eq!(carol.list_policies(None, None, None).await.unwrap().into_inner().total_policies, 2);
-    alice.delete_policies(&req("app-1", "app-2")).await.unwrap();
+    alice.delete_policies(&req(APP_1, APP_2)).await.unwrap();
     assert_eq!(all(&h.admin()).await.len(), 1);
 
     // Cloud Controller down: a clear 500, not a pass.
     h.cf.cc.set_failing(true);
-    let err = alice.create_policies(&req("app-1", "app-2")).await.unwrap_err();
+    let err = alice.create_policies(&req(APP_1, APP_2)).await.unwrap_err();
     assert_eq!((error_status(&err), error_message(&err)), (Some(500), Some("check access failed")));
     let err = alice.list_policies(None, None, None).await.unwrap_err();
     assert_eq!((error_status(&err), error_message(&err)), (Some(500), Some("filter policies failed")));
@@ -302,16 +303,124 @@ pub async fn scopes_and_spaces(backend: Backend) {
 pub async fn self_service(backend: Backend) {
     let h = Harness::start_with(backend, |c| c.enable_space_developer_self_service = true).await;
     let bob = h.client("bob");
-    bob.create_policies(&body(vec![p("app-1", "app-2", Protocol::Tcp, 1, 1)])).await.unwrap();
-    let err = bob.create_policies(&body(vec![p("app-1", "app-3", Protocol::Tcp, 1, 1)])).await.unwrap_err();
+    bob.create_policies(&body(vec![p(APP_1, APP_2, Protocol::Tcp, 1, 1)])).await.unwrap();
+    let err = bob.create_policies(&body(vec![p(APP_1, APP_3, Protocol::Tcp, 1, 1)])).await.unwrap_err();
     assert_eq!(error_status(&err), Some(403));
     assert_eq!(bob.list_policies(None, None, None).await.unwrap().into_inner().total_policies, 1);
+}
+
+/// A GUID-shaped id Cloud Controller does not know.
+const GHOST: &str = "a0000000-0000-4000-8000-0000000000ff";
+
+/// Issue: a developer named `"<own app guid>,x1"` and got a tag for the literal id. Every id
+/// must be one of the caller's apps, checked by membership; ids that would split in a query
+/// are refused for everyone.
+pub async fn ids_must_be_the_callers_apps(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let (admin, alice) = (h.admin(), h.client("alice"));
+    let tags_before = admin.list_tags().await.unwrap().into_inner().tags.len();
+    let req = |s: &str, d: &str| body(vec![p(s, d, Protocol::Tcp, 8080, 8080)]);
+    let split =
+        "mapper: validate policies: invalid destination id: must not contain commas, whitespace or control characters";
+    for id in [
+        format!("{APP_1},x1"),
+        format!("{APP_1},"),
+        format!("{APP_1} "),
+        format!("{APP_1}\tx"),
+        format!("{APP_1}\n"),
+        format!("{APP_1}\u{0}"),
+        format!("\u{a0}{APP_1}"),
+    ] {
+        for client in [&alice, &admin] {
+            let err = client.create_policies(&req(APP_2, &id)).await.unwrap_err();
+            assert_eq!((error_status(&err), error_message(&err)), (Some(400), Some(split)), "{id:?}");
+        }
+    }
+    let err = admin.create_policies(&req(APP_2, &"a".repeat(256))).await.unwrap_err();
+    assert_eq!(error_status(&err), Some(400));
+    // Non-admins name Cloud Controller apps, whose guids are lowercase UUIDs.
+    for id in [APP_1.to_uppercase(), format!("{}A", &APP_1[..35]), "app-1".into(), format!("{APP_1}-x")] {
+        let err = alice.create_policies(&req(APP_2, &id)).await.unwrap_err();
+        assert_eq!(
+            (error_status(&err), error_message(&err)),
+            (Some(400), Some("mapper: validate policies: invalid destination id: not a Cloud Controller app guid")),
+            "{id:?}"
+        );
+        let err = alice.delete_policies(&req(&id, APP_2)).await.unwrap_err();
+        assert_eq!(error_status(&err), Some(400), "{id:?}");
+    }
+    // Membership, not a count: a Cloud Controller answer that names other apps than those
+    // asked for vouches for nothing.
+    h.cf.cc.set_ignore_guid_filter(true);
+    let err = alice.create_policies(&req(APP_1, GHOST)).await.unwrap_err();
+    assert_eq!(error_status(&err), Some(403));
+    let err = alice.create_policies(&req(GHOST, APP_2)).await.unwrap_err();
+    assert_eq!(error_status(&err), Some(403));
+    h.cf.cc.set_ignore_guid_filter(false);
+    assert_eq!(admin.list_tags().await.unwrap().into_inner().tags.len(), tags_before, "no tag was allocated");
+    assert!(all(&admin).await.is_empty());
+    // Her own apps still work, and admins keep free-form ids.
+    alice.create_policies(&req(APP_1, APP_2)).await.unwrap();
+    admin.create_policies(&req("outside-cf.worker", "app-1")).await.unwrap();
+    assert_eq!(all(&admin).await.len(), 2);
+}
+
+/// A non-admin may give only `max_new_apps_per_caller_per_hour` apps a new tag.
+pub async fn new_tags_per_caller_are_budgeted(backend: Backend) {
+    let h = Harness::start_with(backend, |c| c.max_new_apps_per_caller_per_hour = 2).await;
+    let extra = "a0000000-0000-4000-8000-000000000004";
+    h.cf.cc.add_app(extra, "app-4", "space-1");
+    let (admin, alice, carol) = (h.admin(), h.client("alice"), h.client("carol"));
+    let req = |s: &str, d: &str| body(vec![p(s, d, Protocol::Tcp, 1, 1)]);
+    alice.create_policies(&req(APP_1, APP_2)).await.unwrap();
+    // Existing tags cost nothing.
+    alice.create_policies(&req(APP_2, APP_1)).await.unwrap();
+    let err = alice.create_policies(&req(APP_1, extra)).await.unwrap_err();
+    assert_eq!(error_status(&err), Some(429));
+    assert!(error_message(&err).unwrap().contains("may tag only 0 more this hour"), "{err:?}");
+    assert_eq!(all(&admin).await.len(), 2, "nothing of the refused request was written");
+    // Other callers have their own budget; admins have none.
+    carol.create_policies(&req(APP_1, extra)).await.unwrap();
+    admin.create_policies(&req("x", "y")).await.unwrap();
+    assert_eq!(all(&admin).await.len(), 4);
+}
+
+/// The per-app quota is checked inside the write transaction: concurrent creates through
+/// two replicas, by two developers, never leave more than the limit.
+pub async fn quota_holds_under_concurrency(backend: Backend) {
+    const LIMIT: usize = 5;
+    let h = Harness::start_with(backend, |c| c.max_policies_per_app_source = LIMIT as u64).await;
+    let second = policy_api::Server::start(&h.config).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..20u16 {
+        let (url, user) = if i % 2 == 0 { (h.url(), "alice") } else { (second.url(), "carol") };
+        let token = h.cf.uaa.user_token(user);
+        tasks.push(tokio::spawn(async move {
+            let client = policy_client::Client::new_with_token(&url, &token).unwrap();
+            let port = i32::from(1000 + i);
+            match client.create_policies(&body(vec![p(APP_1, APP_2, Protocol::Tcp, port, port)])).await {
+                Ok(_) => true,
+                Err(e) => {
+                    assert_eq!(error_message(&e), Some("policy quota exceeded"), "{e:?}");
+                    false
+                }
+            }
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        created += usize::from(t.await.unwrap());
+    }
+    let stored = all(&h.admin()).await.len();
+    assert_eq!(stored, created);
+    assert_eq!(stored, LIMIT, "exactly the limit is reached, never more");
+    second.shutdown().await;
 }
 
 pub async fn quota(backend: Backend) {
     let h = Harness::start_with(backend, |c| c.max_policies_per_app_source = 2).await;
     let alice = h.client("alice");
-    let one = |port| body(vec![p("app-1", "app-2", Protocol::Tcp, port, port)]);
+    let one = |port| body(vec![p(APP_1, APP_2, Protocol::Tcp, port, port)]);
     alice.create_policies(&one(1)).await.unwrap();
     alice.create_policies(&one(2)).await.unwrap();
     let err = alice.create_policies(&one(3)).await.unwrap_err();
@@ -327,21 +436,18 @@ pub async fn cleanup(backend: Backend) {
     let h = Harness::start(backend).await;
     let admin = h.admin();
     admin
-        .create_policies(&body(vec![
-            p("app-1", "app-2", Protocol::Tcp, 3333, 3333),
-            p("app-1", "app-3", Protocol::Tcp, 1, 9),
-        ]))
+        .create_policies(&body(vec![p(APP_1, APP_2, Protocol::Tcp, 3333, 3333), p(APP_1, APP_3, Protocol::Tcp, 1, 9)]))
         .await
         .unwrap();
     assert_eq!(admin.cleanup_policies().await.unwrap().into_inner().total_policies, 0);
-    h.cf.cc.delete_app("app-2");
+    h.cf.cc.delete_app(APP_2);
     let stale = admin.cleanup_policies_v0().await.unwrap().into_inner();
     assert_eq!(stale.total_policies, 1);
-    assert_eq!(stale.policies[0].destination.id, "app-2");
+    assert_eq!(stale.policies[0].destination.id, APP_2);
     assert_eq!(stale.policies[0].destination.ports.start, 3333, "v1 shape under /v0/ too");
     assert_eq!(all(&admin).await.len(), 1);
     let tags: Vec<String> = admin.list_tags().await.unwrap().into_inner().tags.into_iter().map(|t| t.id).collect();
-    assert!(!tags.contains(&"app-2".to_string()), "stale app's tag freed");
+    assert!(!tags.contains(&APP_2.to_string()), "stale app's tag freed");
     let err = h.client("alice").cleanup_policies().await.unwrap_err();
     assert_eq!(error_status(&err), Some(403));
 }
@@ -412,7 +518,7 @@ pub async fn check_token_mode(backend: Backend) {
     let h =
         Harness::start_with(backend, |c| c.uaa.verification = policy_api::config::TokenVerification::CheckToken).await;
     let calls = h.cf.uaa.check_token_calls();
-    h.admin().create_policies(&body(vec![p("app-1", "app-2", Protocol::Tcp, 1, 1)])).await.unwrap();
+    h.admin().create_policies(&body(vec![p(APP_1, APP_2, Protocol::Tcp, 1, 1)])).await.unwrap();
     assert!(h.cf.uaa.check_token_calls() > calls);
     let err = h.with_token(&h.cf.uaa.forged_user_token("admin")).list_tags().await.unwrap_err();
     assert_eq!(error_status(&err), Some(401));
@@ -528,7 +634,7 @@ pub async fn replicas_migrate_together(backend: Backend) {
     );
     let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
     let client = policy_client::Client::new_with_token(&b.url(), &cf.uaa.user_token("admin")).unwrap();
-    client.create_policies(&body(vec![p("app-1", "app-2", Protocol::Tcp, 1, 1)])).await.unwrap();
+    client.create_policies(&body(vec![p(APP_1, APP_2, Protocol::Tcp, 1, 1)])).await.unwrap();
     let tags = client.list_tags().await.unwrap().into_inner().tags;
     assert_eq!(tags.len(), 2);
     for s in [a, b, c] {
