@@ -52,7 +52,7 @@ pub async fn load(path: &Path, force_refresh: bool) -> Result<Target, CommandErr
             config["RefreshToken"] = Value::String(r);
         }
         let pretty = serde_json::to_string_pretty(&config).map_err(|e| CommandError::Message(e.to_string()))?;
-        std::fs::write(path, pretty).map_err(|e| {
+        write_atomically(path, pretty.as_bytes()).map_err(|e| {
             CommandError::Message(format!("cannot save the refreshed token to {}: {e}", path.display()))
         })?;
     }
@@ -110,4 +110,46 @@ async fn refresh_token(config: &Value, refresh: &str) -> Result<(String, Option<
     let body: Value = resp.json().await.map_err(|_| expired())?;
     let access = body.get("access_token").and_then(Value::as_str).ok_or_else(expired)?.to_string();
     Ok((access, body.get("refresh_token").and_then(Value::as_str).map(str::to_string)))
+}
+
+/// Replaces `path` with `contents` so that a reader (cf itself, another plugin) sees the old
+/// file or the new one, never half of one: a temporary file beside it, synced, then renamed.
+/// It keeps the original's permissions (cf writes 0600: the file holds tokens).
+fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let mode =
+        std::fs::metadata(path).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions())).unwrap_or(0o600);
+    let tmp = dir.join(format!(".config.json.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o777).open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod atomic_write_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn replaces_the_file_and_keeps_its_mode() {
+        let dir = std::env::temp_dir().join(format!("c2c-cfconfig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        super::write_atomically(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(Result::ok).collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

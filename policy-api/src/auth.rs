@@ -77,10 +77,18 @@ pub enum Verifier {
 
 impl Verifier {
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        match self {
+        let identity = match self {
             Verifier::Jwks(v) => v.verify(token).await,
             Verifier::Introspection(v) => v.verify(token).await,
+        }?;
+        // The subject goes into Cloud Controller's `user_guids=` filter, where a comma would
+        // make one user read as several.
+        if let Some(why) =
+            crate::ids::problem(&identity.subject_id).or(identity.subject_id.is_empty().then_some("empty"))
+        {
+            return Err(AuthError::Rejected(format!("token subject is {why}")));
         }
+        Ok(identity)
     }
 }
 

@@ -151,7 +151,7 @@ impl CloudController {
             let resp = self
                 .http
                 .get(&url)
-                .header("Authorization", format!("bearer {token}"))
+                .header(reqwest::header::AUTHORIZATION, bearer_header(&token)?)
                 .send()
                 .await
                 .map_err(|e| CcError::Request(e.to_string()))?;
@@ -163,7 +163,7 @@ impl CloudController {
             let page: Page<T> = resp.json().await.map_err(|e| CcError::Request(format!("bad answer: {e}")))?;
             out.extend(page.resources);
             match page.pagination.next {
-                Some(next) if next.href.starts_with(&self.base) => url = next.href,
+                Some(next) if same_origin(&self.base, &next.href) => url = next.href,
                 Some(next) => {
                     return Err(CcError::Request(format!(
                         "refusing to follow a next link off {}: {}",
@@ -240,6 +240,58 @@ impl CloudController {
     }
 }
 
+/// The `Authorization` header for `token`, marked sensitive so it never shows in debug
+/// output or HTTP/2 header tables.
+fn bearer_header(token: &str) -> Result<reqwest::header::HeaderValue, CcError> {
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("bearer {token}"))
+        .map_err(|_| CcError::Token("UAA issued a token that is not a valid header value".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Whether `link` is on Cloud Controller itself (`base`): same scheme, host and port, and
+/// under its path. A prefix test on the string would accept `https://api.example.com.evil/`.
+fn same_origin(base: &str, link: &str) -> bool {
+    let (Ok(base), Ok(link)) = (url::Url::parse(base), url::Url::parse(link)) else { return false };
+    base.scheme() == link.scheme()
+        && base.host_str() == link.host_str()
+        && base.port_or_known_default() == link.port_or_known_default()
+        && link.username().is_empty()
+        && link.path().starts_with(base.path().trim_end_matches('/'))
+}
+
 fn path_of(url: &str) -> String {
     url::Url::parse(url).map(|u| u.path().to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_links_stay_on_cloud_controller() {
+        let base = "https://api.example.com";
+        assert!(same_origin(base, "https://api.example.com/v3/apps?page=2"));
+        assert!(same_origin("https://api.example.com:443/", "https://api.example.com/v3/apps?page=2"));
+        for evil in [
+            "https://api.example.com.evil/v3/apps?page=2",
+            "https://api.example.com@evil.example/v3/apps",
+            "https://evil.example/https://api.example.com/v3/apps",
+            "http://api.example.com/v3/apps?page=2",
+            "https://api.example.com:8443/v3/apps",
+            "https://user@api.example.com/v3/apps",
+            "not a url",
+        ] {
+            assert!(!same_origin(base, evil), "{evil}");
+        }
+        assert!(!same_origin("https://cf.example/cc", "https://cf.example/other/v3/apps"));
+    }
+
+    #[test]
+    fn the_token_header_is_sensitive() {
+        let h = bearer_header("abc").unwrap();
+        assert!(h.is_sensitive());
+        assert!(!format!("{h:?}").contains("abc"));
+        assert!(bearer_header("a\nb").is_err());
+    }
 }

@@ -20,6 +20,45 @@ impl Drop for DevWorld {
     }
 }
 
+/// Why `--dev` must not run with these settings, if it must not. Dev mode has fake UAA and
+/// Cloud Controller and prints tokens, so it refuses anything that could point it at real
+/// data or expose it: a database other than in-memory SQLite, a config file, a listen
+/// address off loopback, and any `C2C_*` environment variable (which would silently
+/// override it).
+pub fn refusals(
+    config_file: bool,
+    database_url: Option<&str>,
+    listens: &[Option<SocketAddr>],
+    other_overrides: &[(&str, bool)],
+    env_names: impl IntoIterator<Item = String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if config_file {
+        out.push("--config: dev mode uses its own configuration".to_string());
+    }
+    if let Some(url) = database_url
+        && !(url.starts_with("sqlite::memory:") || url.contains("mode=memory"))
+    {
+        out.push("--database-url: dev mode runs on in-memory SQLite only".to_string());
+    }
+    for addr in listens.iter().flatten() {
+        if !addr.ip().is_loopback() {
+            out.push(format!("listen address {addr}: dev mode listens on loopback only"));
+        }
+    }
+    for (flag, set) in other_overrides {
+        if *set {
+            out.push(format!("{flag}: dev mode talks to its own UAA and Cloud Controller doubles"));
+        }
+    }
+    let mut env: Vec<String> = env_names.into_iter().filter(|k| k.starts_with("C2C_")).collect();
+    env.sort();
+    if !env.is_empty() {
+        out.push(format!("environment {}: unset it for dev mode", env.join(", ")));
+    }
+    out
+}
+
 /// A config that talks to the doubles of `cf`, on loopback ports chosen by the system, with
 /// the given database. Tests, benchmarks and `--dev` start from it.
 pub fn config_for_doubles(cf: &testkit::Cf, database_url: &str) -> Config {
@@ -42,7 +81,10 @@ pub fn config_for_doubles(cf: &testkit::Cf, database_url: &str) -> Config {
 /// pointing at them. The cells' API listens on `internal_listen`.
 pub async fn start(listen: SocketAddr, internal_listen: SocketAddr) -> std::io::Result<DevWorld> {
     let cf = testkit::Cf::start().await?;
-    let pki_dir = std::env::temp_dir().join(format!("c2c-dev-pki-{}", std::process::id()));
+    // A fresh directory only its owner can enter: the keys in it open the cells' API.
+    // `create` (not `create_all`) fails on anything already there, such as a planted link.
+    let pki_dir = std::env::temp_dir().join(format!("c2c-dev-pki-{}", uuid::Uuid::new_v4()));
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&pki_dir)?;
     let ca = testkit::pki::TestCa::new(&pki_dir, "dev-ca");
     let server_cert = ca.server("policy-server", &[]);
     let cell_cert = ca.client("dev-cell");
@@ -97,4 +139,39 @@ pub fn banner(world: &DevWorld, api: &str, internal: Option<SocketAddr>, metrics
         cert = world.cell_cert.cert.display(),
         key = world.cell_cert.key.display(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_mode_refuses_what_could_reach_production() {
+        let lo: SocketAddr = "127.0.0.1:4002".parse().unwrap();
+        assert!(refusals(false, None, &[Some(lo), None], &[("--uaa-url", false)], vec!["HOME".into()]).is_empty());
+        assert!(refusals(false, Some("sqlite::memory:"), &[], &[], Vec::<String>::new()).is_empty());
+        let all = refusals(
+            true,
+            Some("postgres://prod-db/policy"),
+            &[Some("0.0.0.0:4002".parse().unwrap()), Some("[::]:4003".parse().unwrap())],
+            &[("--uaa-url", true), ("--cc-url", false)],
+            vec!["C2C_DATABASE_URL".into(), "PATH".into(), "C2C_LISTEN".into()],
+        );
+        assert_eq!(all.len(), 6, "{all:#?}");
+        assert!(all[1].contains("in-memory SQLite"));
+        assert!(all[5].contains("C2C_DATABASE_URL, C2C_LISTEN"), "{}", all[5]);
+        assert_eq!(
+            refusals(false, Some("sqlite:///var/vcap/store/c2c/policy.db?mode=rwc"), &[], &[], Vec::<String>::new())
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn the_dev_pki_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let world = start("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mode = std::fs::metadata(&world.pki_dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
 }

@@ -19,6 +19,7 @@ pub mod jobs;
 pub mod leases;
 pub mod mapper;
 pub mod policy;
+pub mod policy_set;
 pub mod quota;
 pub mod server;
 pub mod snapshot;

@@ -101,7 +101,6 @@ impl PolicyFilter {
     }
 }
 
-/// Renders a tag as upstream does: upper-case hex, zero-padded to `2 × tag_length` digits.
 /// Every app a set of policies names, as source or destination: distinct, sorted.
 pub fn apps_of<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Vec<String> {
     let apps: std::collections::BTreeSet<&str> =
@@ -109,6 +108,7 @@ pub fn apps_of<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Vec<String
     apps.into_iter().map(str::to_string).collect()
 }
 
+/// Renders a tag as upstream does: upper-case hex, zero-padded to `2 × tag_length` digits.
 pub fn format_tag(id: i64, tag_length: u8) -> String {
     format!("{:0width$X}", id, width = usize::from(tag_length) * 2)
 }

@@ -32,6 +32,10 @@ pub enum ServeError {
     Start(#[from] StartError),
     #[error("external API TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error(
+        "the cells' API must authenticate cells: set internal.tls.client_ca_file to the CA that signs cell certificates"
+    )]
+    InternalWithoutClientAuth,
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -58,6 +62,10 @@ impl Server {
     /// Connects to the database (running migrations), then serves the external API and the
     /// metrics listener, and starts the periodic stale-policy cleanup.
     pub async fn start(config: &Config) -> Result<Server, ServeError> {
+        // Checked here too, not only in Config::validate, which an embedder may skip.
+        if config.internal.tls.as_ref().is_some_and(|t| t.client_ca_file.is_none()) {
+            return Err(ServeError::InternalWithoutClientAuth);
+        }
         let handle = prometheus();
         let (state, loader) = AppState::from_config(config).await?;
         let (stop, stopped) = watch::channel(false);

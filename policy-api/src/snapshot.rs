@@ -8,7 +8,7 @@
 //! replica are seen within that interval (1 s by default) plus one reload. Each version is
 //! published through a `watch` channel, which is also what wakes long-polling cells.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,8 @@ use tokio::sync::{Notify, watch};
 use crate::asgs::SecurityGroup;
 use crate::discovery;
 use crate::mapper;
-use crate::policy::{Policy, TaggedPolicy};
+use crate::policy::{PolicyFilter, TaggedPolicy};
+use crate::policy_set::PolicySet;
 use crate::store::{PolicyChange, Store, StoreError, Versions, Written};
 
 /// An answer with its entity tag (a hash of the body, so an unchanged answer keeps its tag
@@ -40,11 +41,10 @@ impl Answer {
 
 pub struct Snapshot {
     pub versions: Versions,
-    pub policies: Vec<TaggedPolicy>,
-    /// app GUID → indices into `policies` (as source or destination), ascending.
-    by_app: HashMap<String, Vec<u32>>,
-    pub security_groups: Vec<SecurityGroup>,
-    pub registrations: BTreeMap<String, Vec<String>>,
+    /// Shared with the snapshots before and after it: a write changes only what it wrote.
+    pub policies: PolicySet,
+    pub security_groups: Arc<Vec<SecurityGroup>>,
+    pub registrations: Arc<BTreeMap<String, Vec<String>>>,
     /// Answers already rendered at this version, by request key.
     answers: moka::sync::Cache<String, Arc<Answer>>,
 }
@@ -63,21 +63,13 @@ impl std::fmt::Debug for Snapshot {
 impl Snapshot {
     pub fn new(
         versions: Versions,
-        policies: Vec<TaggedPolicy>,
-        security_groups: Vec<SecurityGroup>,
-        registrations: BTreeMap<String, Vec<String>>,
+        policies: PolicySet,
+        security_groups: Arc<Vec<SecurityGroup>>,
+        registrations: Arc<BTreeMap<String, Vec<String>>>,
     ) -> Snapshot {
-        let mut by_app: HashMap<String, Vec<u32>> = HashMap::new();
-        for (i, t) in policies.iter().enumerate() {
-            by_app.entry(t.policy.source.clone()).or_default().push(i as u32);
-            if t.policy.destination != t.policy.source {
-                by_app.entry(t.policy.destination.clone()).or_default().push(i as u32);
-            }
-        }
         Snapshot {
             versions,
             policies,
-            by_app,
             security_groups,
             registrations,
             answers: moka::sync::Cache::builder().max_capacity(20_000).build(),
@@ -87,11 +79,29 @@ impl Snapshot {
     /// Policies whose source or destination is one of `ids` (all with `None`), in creation
     /// order, each once.
     pub fn policies_for<'a>(&'a self, ids: Option<&[&str]>) -> Vec<&'a TaggedPolicy> {
-        let Some(ids) = ids else { return self.policies.iter().collect() };
-        let mut idx: Vec<u32> = ids.iter().filter_map(|id| self.by_app.get(*id)).flatten().copied().collect();
-        idx.sort_unstable();
-        idx.dedup();
-        idx.into_iter().map(|i| &self.policies[i as usize]).collect()
+        match ids {
+            None => self.policies.iter().collect(),
+            Some(ids) => self.policies.naming(ids),
+        }
+    }
+
+    /// The policies a listing with `filter` selects, in creation order, found through the
+    /// per-app index rather than a scan.
+    pub fn select(&self, filter: &PolicyFilter) -> Vec<&TaggedPolicy> {
+        let ids = match filter {
+            PolicyFilter::All => return self.policies.iter().collect(),
+            PolicyFilter::Any(ids)
+            | PolicyFilter::Source(ids)
+            | PolicyFilter::Destination(ids)
+            | PolicyFilter::SourceAndDestination(ids, _) => ids,
+        };
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        self.policies.naming(&ids).into_iter().filter(|t| filter.matches(&t.policy)).collect()
+    }
+
+    /// An answer rendered once per snapshot and `key`.
+    pub fn rendered(&self, key: String, render: impl FnOnce() -> Vec<u8>) -> Arc<Answer> {
+        self.answers.get_with(key, || Arc::new(Answer::new(render())))
     }
 
     /// The internal policies answer for the `id` parameter (`None`: no parameter), rendered
@@ -157,15 +167,15 @@ impl std::fmt::Debug for Snapshots {
 async fn load(store: &Store, versions: Versions, previous: Option<&Snapshot>) -> Result<Snapshot, StoreError> {
     let policies = match previous {
         Some(p) if p.versions.policies == versions.policies => p.policies.clone(),
-        _ => store.list(&crate::policy::PolicyFilter::All).await?,
+        _ => store.list(&crate::policy::PolicyFilter::All).await?.into_iter().collect(),
     };
     let asgs = match previous {
         Some(p) if p.versions.asgs == versions.asgs => p.security_groups.clone(),
-        _ => store.security_groups().await?,
+        _ => Arc::new(store.security_groups().await?),
     };
     let registrations = match previous {
         Some(p) if p.versions.discovery == versions.discovery => p.registrations.clone(),
-        _ => discovery::table(store.live_registrations().await?),
+        _ => Arc::new(discovery::table(store.live_registrations().await?)),
     };
     Ok(Snapshot::new(versions, policies, asgs, registrations))
 }
@@ -237,21 +247,21 @@ impl Snapshots {
             self.changed();
             return;
         }
-        let policies = match &written.change {
+        // O(what the write changed): the policy set is persistent, so this shares all the
+        // rest with the current snapshot.
+        let mut policies = current.policies.clone();
+        match &written.change {
             PolicyChange::Created(created) => {
-                let known: HashSet<&Policy> = current.policies.iter().map(|t| &t.policy).collect();
-                let mut seen = HashSet::new();
-                let fresh: Vec<TaggedPolicy> =
-                    created.iter().filter(|t| !known.contains(&t.policy) && seen.insert(&t.policy)).cloned().collect();
-                let mut all = current.policies.clone();
-                all.extend(fresh);
-                all
+                for t in created {
+                    policies.insert(t.clone());
+                }
             }
             PolicyChange::Deleted(deleted) => {
-                let gone: HashSet<&Policy> = deleted.iter().collect();
-                current.policies.iter().filter(|t| !gone.contains(&t.policy)).cloned().collect()
+                for p in deleted {
+                    policies.remove(p);
+                }
             }
-        };
+        }
         let versions =
             Versions { policies: written.version, last_updated_ns: written.last_updated_ns, ..current.versions };
         let next = Snapshot::new(versions, policies, current.security_groups.clone(), current.registrations.clone());
@@ -266,6 +276,30 @@ impl Snapshots {
         });
         if !published {
             self.changed();
+        }
+    }
+
+    /// The current snapshot once its policies are at least as new as the database's: one
+    /// read of the version row, and when another replica wrote since, a wait for the loader
+    /// (shared by every request that needs it). Gives read-your-writes across replicas.
+    pub async fn as_of_database(&self, store: &Store) -> Result<Arc<Snapshot>, StoreError> {
+        let (version, _) = store.version().await?;
+        let current = self.current();
+        if current.versions.policies >= version {
+            return Ok(current);
+        }
+        let mut rx = self.subscribe();
+        self.changed();
+        let caught_up = async { rx.wait_for(|s| s.versions.policies >= version).await.map(|s| s.clone()) };
+        // (The borrow of the channel ends before the fallback awaits: a held `Ref` is not Send.)
+        let caught_up = tokio::time::timeout(Duration::from_secs(5), caught_up).await;
+        match caught_up {
+            Ok(Ok(snapshot)) => Ok(snapshot),
+            // The loader is failing or stuck: load here, so the answer is right or an error.
+            _ => {
+                self.refresh(store).await?;
+                Ok(self.current())
+            }
         }
     }
 
@@ -352,7 +386,7 @@ mod tests {
     }
 
     fn snap(ps: Vec<TaggedPolicy>) -> Snapshot {
-        Snapshot::new(Versions::default(), ps, vec![], BTreeMap::new())
+        Snapshot::new(Versions::default(), ps.into_iter().collect(), Arc::default(), Arc::default())
     }
 
     #[test]

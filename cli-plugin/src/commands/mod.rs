@@ -257,10 +257,14 @@ fn checks(target: &Target) -> Result<(), CommandError> {
     Ok(())
 }
 
+/// Longest any one HTTP call may take, so a stuck server cannot hang the CLI.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn http_client(target: &Target) -> Result<reqwest::Client, CommandError> {
     reqwest::Client::builder()
         .danger_accept_invalid_certs(target.ssl_disabled)
         .connect_timeout(std::time::Duration::from_secs(6))
+        .timeout(REQUEST_TIMEOUT)
         .user_agent(concat!("cf-c2c/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| CommandError::Message(e.to_string()))
@@ -277,6 +281,7 @@ fn policy_client(target: &Target, href: &str) -> Result<policy_client::Client, C
         .danger_accept_invalid_certs(target.ssl_disabled)
         .default_headers(headers)
         .connect_timeout(std::time::Duration::from_secs(6))
+        .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(|e| CommandError::Message(e.to_string()))?;
     Ok(policy_client::Client::new_with_client(base, client))

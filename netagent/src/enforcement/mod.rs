@@ -41,12 +41,21 @@ fn feed(tool: &'static str, args: &[&str], package: &'static str, input: &str) -
         .stderr(Stdio::piped())
         .spawn()
         .map_err(spawn)?;
-    child.stdin.take().expect("piped").write_all(input.as_bytes()).map_err(spawn)?;
+    // stdin is written from its own thread while wait_with_output drains stderr, so a tool
+    // that reports a flood of errors before reading all its input cannot deadlock us.
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let out = child.wait_with_output().map_err(spawn)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(EnforceError::Refused { tool, stderr: String::from_utf8_lossy(&out.stderr).into_owned() })
+    let written = writer.join().unwrap_or_else(|_| Err(std::io::Error::other("stdin writer panicked")));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    match (out.status.success(), written) {
+        (true, Ok(())) => Ok(()),
+        // The tool stopped reading (EPIPE): its own error says why, when it gave one.
+        (_, Err(e)) if stderr.is_empty() => {
+            Err(EnforceError::Refused { tool, stderr: format!("stopped reading its input: {e}") })
+        }
+        _ => Err(EnforceError::Refused { tool, stderr }),
     }
 }
 
@@ -106,6 +115,25 @@ mod tests {
         let refused = feed("sh", &["-c", "echo bad rule >&2; exit 1"], "dash", "").unwrap_err().to_string();
         assert_eq!(refused, "sh refused the change: bad rule\n");
         assert!(feed("sh", &["-c", "cat >/dev/null"], "dash", "*filter\nCOMMIT\n").is_ok());
+    }
+
+    #[test]
+    fn a_tool_that_floods_stderr_before_reading_cannot_deadlock_the_feed() {
+        // Far more than a pipe buffer each way: 1 MiB of errors before reading 4 MiB.
+        let input = "x".repeat(4 << 20);
+        let script = "head -c 1048576 /dev/zero | tr '\\0' e >&2; cat >/dev/null; exit 1";
+        let err = feed("sh", &["-c", script], "dash", &input).unwrap_err().to_string();
+        assert!(err.starts_with("sh refused the change: eeee"), "{}", &err[..80.min(err.len())]);
+    }
+
+    #[test]
+    fn a_tool_that_stops_reading_is_reported_truthfully() {
+        let input = "x".repeat(4 << 20);
+        let err = feed("sh", &["-c", "exec 0<&-; exit 0"], "dash", &input).unwrap_err().to_string();
+        assert!(err.starts_with("sh refused the change: stopped reading its input"), "{err}");
+        let err =
+            feed("sh", &["-c", "exec 0<&-; echo no such chain >&2; exit 1"], "dash", &input).unwrap_err().to_string();
+        assert_eq!(err, "sh refused the change: no such chain\n");
     }
 
     #[test]

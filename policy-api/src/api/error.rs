@@ -46,8 +46,8 @@ impl IntoResponse for ApiError {
 }
 
 /// A JSON success body.
-pub fn json_body(status: StatusCode, body: Vec<u8>) -> Response {
-    let mut resp = (status, body).into_response();
+pub fn json_body(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
+    let mut resp = (status, body.into()).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }

@@ -161,6 +161,8 @@ pub fn filter_from_query(query: Option<&str>) -> PolicyFilter {
     PolicyFilter::from_query(id.as_deref(), source.as_deref(), dest.as_deref())
 }
 
+/// Answered from the in-memory snapshot, after one check that it is not older than the
+/// database. Admins' answers are rendered once per snapshot and query.
 pub async fn list_policies(
     State(state): State<AppState>,
     Version(version): Version,
@@ -168,20 +170,28 @@ pub async fn list_policies(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let filter = filter_from_query(query.as_deref());
-    let tagged = state.store.list(&filter).await.map_err(|e| {
+    let snapshot = state.snapshots.as_of_database(&state.store).await.map_err(|e| {
         tracing::error!(error = %e, "database read failed");
         ApiError::internal("database read failed")
     })?;
-    let policies: Vec<Policy> = tagged.into_iter().map(|t| t.policy).collect();
-    let visible = authz::visible(&state.cc, &caller, policies, |p| p).await.map_err(|e| {
+    let selected: Vec<&Policy> = snapshot.select(&filter).into_iter().map(|t| &t.policy).collect();
+    if caller.is_admin() {
+        let key = format!("external:{version:?}:{}", query.as_deref().unwrap_or(""));
+        let answer = snapshot.rendered(key, || render(version, &selected));
+        return Ok(json_body(StatusCode::OK, answer.body.clone()));
+    }
+    let visible = authz::visible(&state.cc, &caller, selected, |p| *p).await.map_err(|e| {
         tracing::error!(error = %e, "filter policies failed");
         ApiError::internal("filter policies failed")
     })?;
-    let body = match version {
-        ApiVersion::V1 => mapper::list_v1(&visible),
-        ApiVersion::V0 => mapper::list_v0(&visible),
-    };
-    Ok(json_body(StatusCode::OK, body))
+    Ok(json_body(StatusCode::OK, render(version, &visible)))
+}
+
+fn render(version: ApiVersion, policies: &[&Policy]) -> Vec<u8> {
+    match version {
+        ApiVersion::V1 => mapper::list_v1(policies.iter().copied()),
+        ApiVersion::V0 => mapper::list_v0(policies.iter().copied()),
+    }
 }
 
 pub async fn cleanup(State(state): State<AppState>, _v: Version, Admin(_caller): Admin) -> Result<Response, ApiError> {

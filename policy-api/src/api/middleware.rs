@@ -14,6 +14,19 @@ use crate::state::AppState;
 
 pub const REQUEST_ID: &str = "x-vcap-request-id";
 
+/// Longest incoming request id kept; Gorouter's are 36-character UUIDs.
+const MAX_INCOMING_ID: usize = 64;
+
+/// The client's request id as it may reach logs: at most [`MAX_INCOMING_ID`] characters of
+/// letters, digits, `-`, `_`, `.` and `:`; anything else is dropped.
+fn incoming_id(raw: &[u8]) -> String {
+    raw.iter()
+        .map(|&b| b as char)
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        .take(MAX_INCOMING_ID)
+        .collect()
+}
+
 fn route_name(routes: &[Route], path: &str, method: &Method) -> &'static str {
     routes.iter().find(|r| r.path == path && r.method == method.as_str()).map(|r| r.name).unwrap_or("Other")
 }
@@ -29,10 +42,8 @@ async fn instrumented(routes: &[Route], req: Request, next: Next) -> Response {
         return next.run(req).await;
     }
     let fresh = uuid::Uuid::new_v4().to_string();
-    let request_id = match req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        Some(incoming) if !incoming.is_empty() => format!("{incoming}::{fresh}"),
-        _ => fresh,
-    };
+    let incoming = req.headers().get(REQUEST_ID).map(|v| incoming_id(v.as_bytes())).unwrap_or_default();
+    let request_id = if incoming.is_empty() { fresh } else { format!("{incoming}::{fresh}") };
     let span = tracing::info_span!("request", request_guid = %request_id, method = %method, path = %path);
     let mut resp = next.run(req).instrument(span.clone()).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -73,4 +84,17 @@ pub async fn observe_internal(req: Request, next: Next) -> Response {
     let mut resp = instrumented(INTERNAL_ROUTES, req, next).await;
     resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incoming_request_ids_are_short_and_plain() {
+        assert_eq!(incoming_id(b"2f1c9a52-6f1e-4c8b-9d0a-5b2c7e8f9a10"), "2f1c9a52-6f1e-4c8b-9d0a-5b2c7e8f9a10");
+        assert_eq!(incoming_id(b"a\r\nlevel=error msg=forged\x1b[31m"), "alevelerrormsgforged31m");
+        assert_eq!(incoming_id("é\u{202e}x".as_bytes()), "x");
+        assert_eq!(incoming_id(&[b'a'; 10_000]).len(), MAX_INCOMING_ID);
+    }
 }

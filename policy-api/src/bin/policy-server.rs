@@ -142,6 +142,21 @@ async fn main() -> anyhow::Result<()> {
     let mut config = if args.dev {
         #[cfg(feature = "dev")]
         {
+            let refused = policy_api::dev::refusals(
+                args.config.is_some(),
+                args.database_url.as_deref(),
+                &[args.listen, args.internal_listen, args.metrics_listen],
+                &[
+                    ("--uaa-url", args.uaa_url.is_some()),
+                    ("--uaa-client-secret", args.uaa_client_secret.is_some()),
+                    ("--token-verification", args.token_verification.is_some()),
+                    ("--cc-url", args.cc_url.is_some()),
+                ],
+                std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()),
+            );
+            if !refused.is_empty() {
+                anyhow::bail!("--dev refuses to start:\n  {}", refused.join("\n  "));
+            }
             let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4002)));
             let internal = args.internal_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4003)));
             let world = policy_api::dev::start(listen, internal)

@@ -58,6 +58,8 @@ pub enum StoreError {
     BadTagLength(u8),
     #[error("could not take the migration lock: {0}")]
     Lock(String),
+    #[error("{0}: create the directory, writable by this user, or change database_url")]
+    Create(String),
 }
 
 /// Connection settings beyond the URL.
@@ -88,6 +90,18 @@ fn sqlite_path(url: &str) -> Option<String> {
     (!path.is_empty() && !path.starts_with(":memory:") && !url.contains("mode=memory")).then(|| path.to_string())
 }
 
+/// Creates `path` readable by its owner only, unless it exists. SQLite gives its `-wal` and
+/// `-shm` files the database file's mode, so they follow. The database holds every policy
+/// and the cells' leases; other local users have no business reading it.
+fn create_private(path: &str) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Create(format!("cannot create {path}: {e}"))),
+    }
+}
+
 fn record<T>(op: &'static str, started: Instant, result: &Result<T, StoreError>) {
     let elapsed = started.elapsed().as_secs_f64();
     metrics::histogram!("c2c_store_operation_duration_seconds", "op" => op).record(elapsed);
@@ -106,6 +120,9 @@ impl Store {
         let memory = url.starts_with("sqlite::memory:") || url.contains("mode=memory");
         if !(url.starts_with("sqlite:") || url.starts_with("postgres") || url.starts_with("mysql:")) {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
+        }
+        if let Some(path) = sqlite_path(url) {
+            create_private(&path)?;
         }
         let mut opts = ConnectOptions::new(url.to_string());
         opts.max_connections(Ord::max(options.max_connections, 2))
@@ -171,9 +188,8 @@ impl Store {
                 // in one process) that start together.
                 let Some(path) = sqlite_path(&self.url) else { return self.migrate_locked().await };
                 let lock_path = format!("{path}.migrate-lock");
+                create_private(&lock_path)?;
                 let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
                     .write(true)
                     .open(&lock_path)
                     .map_err(|e| StoreError::Lock(format!("{lock_path}: {e}")))?;

@@ -435,7 +435,11 @@ pub async fn local_writes_publish_what_a_reload_would(backend: Backend) {
         async move {
             let current = snapshots.current();
             assert_eq!(current.versions, store.versions().await.unwrap(), "{what}: versions");
-            assert_eq!(current.policies, store.list(&PolicyFilter::All).await.unwrap(), "{what}: policies");
+            assert_eq!(
+                current.policies.iter().cloned().collect::<Vec<_>>(),
+                store.list(&PolicyFilter::All).await.unwrap(),
+                "{what}: policies"
+            );
         }
     };
 

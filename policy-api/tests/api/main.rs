@@ -41,6 +41,7 @@ for_backends!(
     scopes_and_spaces,
     self_service,
     quota,
+    reads_follow_writes_across_replicas,
     ids_must_be_the_callers_apps,
     new_tags_per_caller_are_budgeted,
     quota_holds_under_concurrency,
@@ -56,6 +57,53 @@ for_backends!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_every_watch() {
     internal::shutdown_answers_every_watch().await
+}
+
+/// A token's `sub` goes into Cloud Controller's `user_guids=` filter: a comma, a space or an
+/// empty subject is refused before any lookup, even in a correctly signed token.
+#[tokio::test]
+async fn token_subjects_that_would_split_a_lookup_are_refused() {
+    use base64::Engine;
+    let h = harness::Harness::start(harness::Backend::Sqlite).await;
+    let alice = h.cf.uaa.user_token("alice");
+    let payload = alice.split('.').nth(1).unwrap();
+    let claims: testkit::Claims =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    let cc_before = h.cf.cc.requests();
+    for sub in ["alice-guid,carol-guid", "", "alice-guid carol-guid", "alice-guid\n"] {
+        let token = h.cf.uaa.sign(&testkit::Claims { sub: sub.into(), ..claims.clone() }, None);
+        let err = h.with_token(&token).list_policies(None, None, None).await.unwrap_err();
+        assert_eq!(policy_client::error_status(&err), Some(401), "{sub:?}");
+        assert_eq!(policy_client::error_message(&err), Some("failed to verify token with uaa"));
+    }
+    assert_eq!(h.cf.cc.requests(), cc_before, "no Cloud Controller lookup for a refused subject");
+    h.with_token(&h.cf.uaa.sign(&claims, None)).list_policies(None, None, None).await.unwrap();
+}
+
+/// `Server::start` refuses a cells' API without client certificates even when the
+/// configuration was never validated.
+#[tokio::test]
+async fn internal_api_without_client_auth_is_refused() {
+    let h = harness::Harness::start_internal(harness::Backend::Sqlite, |_| {}).await;
+    let mut config = h.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.internal.listen = "127.0.0.1:0".parse().unwrap();
+    config.internal.tls.as_mut().unwrap().client_ca_file = None;
+    let err = policy_api::Server::start(&config).await.err().expect("start must fail").to_string();
+    assert!(err.contains("internal.tls.client_ca_file"), "{err}");
+}
+
+/// The SQLite database (and its WAL and lock files) is readable by its owner only.
+#[tokio::test]
+async fn sqlite_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = harness::Harness::start(harness::Backend::Sqlite).await;
+    h.admin().create_policies(&policy_client::types::Policies { policies: vec![] }).await.ok();
+    let db = h.db.url.trim_start_matches("sqlite://").split('?').next().unwrap().to_string();
+    for path in [db.clone(), format!("{db}-wal"), format!("{db}.migrate-lock")] {
+        let mode = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{path}: {e}")).permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{path} is {:o}", mode & 0o777);
+    }
 }
 
 #[tokio::test]
