@@ -125,8 +125,12 @@ pub struct CloudController {
     http: reqwest::Client,
     base: String,
     token: ClientToken,
-    app_spaces: Cache<String, Option<String>>,
+    app_spaces: Cache<String, String>,
+    /// Guids Cloud Controller does not know, apart so that a flood of made-up ids cannot
+    /// evict the apps that exist.
+    unknown_apps: Cache<String, ()>,
     developer_spaces: Cache<String, Arc<HashSet<String>>>,
+    space_apps: Cache<String, Arc<HashSet<String>>>,
 }
 
 impl CloudController {
@@ -136,7 +140,9 @@ impl CloudController {
             base: base.trim_end_matches('/').to_string(),
             token,
             app_spaces: Cache::builder().max_capacity(200_000).time_to_live(cache_ttl).build(),
+            unknown_apps: Cache::builder().max_capacity(50_000).time_to_live(cache_ttl).build(),
             developer_spaces: Cache::builder().max_capacity(50_000).time_to_live(cache_ttl).build(),
+            space_apps: Cache::builder().max_capacity(50_000).time_to_live(cache_ttl).build(),
         }
     }
 
@@ -181,13 +187,16 @@ impl CloudController {
         let mut out = HashMap::new();
         let mut lookup = Vec::new();
         for app in apps.iter().collect::<HashSet<_>>() {
-            match (fresh, self.app_spaces.get(app).await) {
-                (false, Some(Some(space))) => {
+            if !fresh {
+                if let Some(space) = self.app_spaces.get(app).await {
                     out.insert(app.clone(), space);
+                    continue;
                 }
-                (false, Some(None)) => {}
-                _ => lookup.push(app.clone()),
+                if self.unknown_apps.contains_key(app) {
+                    continue;
+                }
             }
+            lookup.push(app.clone());
         }
         lookup.sort();
         for chunk in lookup.chunks(CHUNK) {
@@ -202,34 +211,67 @@ impl CloudController {
             for app in found.into_iter().filter(|a| asked.contains(&a.guid)) {
                 if let Some(space) = app.relationships.space.data {
                     seen.insert(app.guid.clone());
-                    self.app_spaces.insert(app.guid.clone(), Some(space.guid.clone())).await;
+                    self.app_spaces.insert(app.guid.clone(), space.guid.clone()).await;
                     out.insert(app.guid, space.guid);
                 }
             }
             for app in chunk.iter().filter(|a| !seen.contains(*a)) {
-                self.app_spaces.insert(app.clone(), None).await;
+                self.unknown_apps.insert(app.clone(), ()).await;
             }
         }
         Ok(out)
     }
 
-    /// Spaces where `user` (a user GUID or client id) is a space developer.
+    /// Spaces where `user` (a user GUID or client id) is a space developer. Concurrent
+    /// lookups for one user share one request.
     pub async fn developer_spaces(&self, user: &str) -> Result<Arc<HashSet<String>>, CcError> {
-        if let Some(spaces) = self.developer_spaces.get(user).await {
-            return Ok(spaces);
-        }
-        let mut url =
-            url::Url::parse(&format!("{}/v3/roles", self.base)).map_err(|e| CcError::Request(e.to_string()))?;
-        url.query_pairs_mut()
-            .append_pair("types", "space_developer")
-            .append_pair("user_guids", user)
-            .append_pair("per_page", "5000");
-        let roles: Vec<RoleResource> = self.all_pages(url.to_string()).await?;
-        let spaces: HashSet<String> =
-            roles.into_iter().filter_map(|r| r.relationships.space.and_then(|s| s.data).map(|d| d.guid)).collect();
-        let spaces = Arc::new(spaces);
-        self.developer_spaces.insert(user.to_string(), spaces.clone()).await;
-        Ok(spaces)
+        self.developer_spaces
+            .try_get_with(user.to_string(), async {
+                let mut url =
+                    url::Url::parse(&format!("{}/v3/roles", self.base)).map_err(|e| CcError::Request(e.to_string()))?;
+                url.query_pairs_mut()
+                    .append_pair("types", "space_developer")
+                    .append_pair("user_guids", user)
+                    .append_pair("per_page", "5000");
+                let roles: Vec<RoleResource> = self.all_pages(url.to_string()).await?;
+                let spaces =
+                    roles.into_iter().filter_map(|r| r.relationships.space.and_then(|s| s.data).map(|d| d.guid));
+                Ok(Arc::new(spaces.collect()))
+            })
+            .await
+            .map_err(|e: Arc<CcError>| (*e).clone())
+    }
+
+    /// Every app in `user`'s developer spaces: what a non-admin listing may show. Its cost
+    /// depends on the caller's spaces, not on the size of the policy table. Concurrent
+    /// lookups for one user share one request.
+    pub async fn developer_apps(&self, user: &str) -> Result<Arc<HashSet<String>>, CcError> {
+        let spaces = self.developer_spaces(user).await?;
+        self.space_apps
+            .try_get_with(user.to_string(), async {
+                let mut spaces: Vec<&String> = spaces.iter().collect();
+                spaces.sort();
+                let mut apps = HashSet::new();
+                for chunk in spaces.chunks(CHUNK) {
+                    let mut url = url::Url::parse(&format!("{}/v3/apps", self.base))
+                        .map_err(|e| CcError::Request(e.to_string()))?;
+                    let chunk: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
+                    url.query_pairs_mut().append_pair("space_guids", &chunk.join(",")).append_pair("per_page", "5000");
+                    let found: Vec<AppResource> = self.all_pages(url.to_string()).await?;
+                    // Only apps that really are in one of the asked spaces count.
+                    apps.extend(
+                        found
+                            .into_iter()
+                            .filter(|a| {
+                                a.relationships.space.data.as_ref().is_some_and(|s| chunk.contains(&s.guid.as_str()))
+                            })
+                            .map(|a| a.guid),
+                    );
+                }
+                Ok(Arc::new(apps))
+            })
+            .await
+            .map_err(|e: Arc<CcError>| (*e).clone())
     }
 }
 

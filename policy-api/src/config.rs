@@ -171,6 +171,9 @@ pub struct Config {
     /// Most apps one non-admin caller may give a new tag per hour (per replica). Tags are a
     /// foundation-wide pool of 65,535.
     pub max_new_apps_per_caller_per_hour: u64,
+    /// Most distinct apps one non-admin request may name (each costs Cloud Controller
+    /// lookups).
+    pub max_apps_per_request: usize,
     /// Let any authenticated user manage policies of apps in spaces where they are a space
     /// developer, without `network.write`.
     pub enable_space_developer_self_service: bool,
@@ -202,6 +205,7 @@ impl Default for Config {
             tag_length: 2,
             max_policies_per_app_source: 150,
             max_new_apps_per_caller_per_hour: 1000,
+            max_apps_per_request: 1000,
             enable_space_developer_self_service: false,
             allowed_cors_domains: Vec::new(),
             shutdown_timeout_ms: 2000,

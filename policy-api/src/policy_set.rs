@@ -100,12 +100,12 @@ fn apps(p: &Policy) -> impl Iterator<Item = &str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::policy::Protocol;
     use proptest::prelude::*;
 
-    fn tagged(s: &str, d: &str, port: u16) -> TaggedPolicy {
+    pub(crate) fn tagged(s: &str, d: &str, port: u16) -> TaggedPolicy {
         TaggedPolicy {
             policy: Policy::new(s, d, Protocol::Tcp, port, port),
             source_tag: "0001".into(),

@@ -375,15 +375,7 @@ impl Drop for Waiting {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Policy, Protocol};
-
-    fn tagged(s: &str, d: &str, port: u16) -> TaggedPolicy {
-        TaggedPolicy {
-            policy: Policy::new(s, d, Protocol::Tcp, port, port),
-            source_tag: "0001".into(),
-            destination_tag: "0002".into(),
-        }
-    }
+    use crate::policy_set::tests::tagged;
 
     fn snap(ps: Vec<TaggedPolicy>) -> Snapshot {
         Snapshot::new(Versions::default(), ps.into_iter().collect(), Arc::default(), Arc::default())

@@ -12,6 +12,7 @@ use crate::store::{Store, StoreError, StoreOptions};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub max_policies_per_app_source: u64,
+    pub max_apps_per_request: usize,
     pub self_service: bool,
     pub allowed_cors_domains: Vec<String>,
     pub tls: bool,
@@ -151,6 +152,7 @@ impl AppState {
             tag_budget: crate::tag_budget::TagBudget::new(config.max_new_apps_per_caller_per_hour),
             settings: Settings {
                 max_policies_per_app_source: config.max_policies_per_app_source,
+                max_apps_per_request: config.max_apps_per_request,
                 self_service: config.enable_space_developer_self_service,
                 allowed_cors_domains: config.allowed_cors_domains.clone(),
                 tls: config.tls.is_some(),

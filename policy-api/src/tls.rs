@@ -98,6 +98,18 @@ impl TlsFiles {
     }
 }
 
+/// A short label for why a handshake failed, for the metric (the log has the full error).
+fn refusal_reason(e: &std::io::Error) -> &'static str {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::NoCertificatesPresented) => "no_certificate",
+        Some(rustls::Error::InvalidCertificate(_)) => "bad_certificate",
+        Some(rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateHandshakeMessage { .. }) => "not_tls",
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
+        Some(_) => "tls_error",
+        None => "io_error",
+    }
+}
+
 /// Serves `router` over TLS until `stopped` turns true, then lets open connections finish
 /// for up to `grace` and closes the rest. Handshake failures (no client certificate, wrong
 /// CA, plain HTTP) close that connection and are counted, nothing more.
@@ -136,11 +148,16 @@ pub async fn serve(
             let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    metrics::counter!("c2c_tls_handshake_failures_total").increment(1);
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    let reason = refusal_reason(&e);
+                    metrics::counter!("c2c_tls_handshake_failures_total", "reason" => reason).increment(1);
+                    tracing::warn!(%peer, reason, error = %e, "TLS handshake refused");
                     return;
                 }
-                Err(_) => return,
+                Err(_) => {
+                    metrics::counter!("c2c_tls_handshake_failures_total", "reason" => "timeout").increment(1);
+                    tracing::warn!(%peer, "TLS handshake refused: no handshake within 10 s");
+                    return;
+                }
             };
             // The verified client certificate goes with every request of the connection, so
             // the cells' API knows which cell is asking.

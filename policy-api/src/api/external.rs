@@ -71,6 +71,13 @@ async fn guard(state: &AppState, caller: &crate::auth::Identity, policies: &[Pol
             "mapper: validate policies: invalid {which} id: not a Cloud Controller app guid"
         )));
     }
+    let named = crate::policy::apps_of(policies).len();
+    if !caller.is_admin() && named > state.settings.max_apps_per_request {
+        return Err(ApiError::bad_request(format!(
+            "too many applications in one request: {named}; at most {} (max_apps_per_request)",
+            state.settings.max_apps_per_request
+        )));
+    }
     match authz::may_change(&state.cc, caller, policies).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(ApiError::forbidden("one or more applications cannot be found or accessed")),

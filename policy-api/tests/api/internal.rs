@@ -401,7 +401,22 @@ async fn mtls_refuses_strangers() {
     assert!(h.cell_http(Some(&stranger), true).get(&url).send().await.is_err(), "certificate from another CA");
     let plain = format!("http://{}/networking/v1/internal/policies", h.server.internal_addr.unwrap());
     assert!(reqwest::Client::new().get(&plain).send().await.is_err(), "plain HTTP");
+    // Each refusal is counted by its reason (and logged with the peer).
+    for reason in ["no_certificate", "bad_certificate", "not_tls"] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while refusals(reason) < 1 {
+            assert!(Instant::now() < deadline, "no {reason} refusal counted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `c2c_tls_handshake_failures_total{reason}` from this process's recorder.
+fn refusals(reason: &str) -> u64 {
+    let line = format!("c2c_tls_handshake_failures_total{{reason=\"{reason}\"}} ");
+    let text = policy_api::server::prometheus().render();
+    text.lines().find_map(|l| l.strip_prefix(line.as_str())).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Every route of the internal table answers (no 404/405) through mTLS.

@@ -41,6 +41,7 @@ for_backends!(
     scopes_and_spaces,
     self_service,
     quota,
+    cloud_controller_fan_out_is_bounded,
     reads_follow_writes_across_replicas,
     ids_must_be_the_callers_apps,
     new_tags_per_caller_are_budgeted,

@@ -331,6 +331,40 @@ pub async fn reads_follow_writes_across_replicas(backend: Backend) {
     b.shutdown().await;
 }
 
+/// A non-admin listing costs Cloud Controller the same few calls whatever the size of the
+/// table, and a non-admin request may name only `max_apps_per_request` apps.
+pub async fn cloud_controller_fan_out_is_bounded(backend: Backend) {
+    let h = Harness::start_with(backend, |c| c.max_apps_per_request = 50).await;
+    let (admin, alice) = (h.admin(), h.client("alice"));
+    alice.create_policies(&body(vec![p(APP_1, APP_2, Protocol::Tcp, 1, 1)])).await.unwrap();
+    let mut calls = Vec::new();
+    // 100 apps (the test pool has 255 tags), up to 2,500 distinct pairs.
+    for range in [0..100, 100..2_100] {
+        let table: Vec<Policy> = range
+            .map(|i| p(&format!("other-{}", i % 50), &format!("other-{}", 50 + (i / 50) % 50), Protocol::Tcp, 2, 2))
+            .collect();
+        for chunk in table.chunks(1_000) {
+            admin.create_policies(&body(chunk.to_vec())).await.unwrap();
+        }
+        let before = h.cf.cc.requests();
+        assert_eq!(alice.list_policies(None, None, None).await.unwrap().into_inner().total_policies, 1);
+        calls.push(h.cf.cc.requests() - before);
+    }
+    assert_eq!(calls[0], calls[1], "Cloud Controller calls per listing: {calls:?}");
+    assert!(calls[0] <= 2, "her roles and the apps of her spaces: {calls:?}");
+
+    let many: Vec<Policy> =
+        (0..50).map(|i| p(APP_1, &format!("b0000000-0000-4000-8000-{i:012x}"), Protocol::Tcp, 1, 1)).collect();
+    let before = h.cf.cc.requests();
+    let err = alice.create_policies(&body(many)).await.unwrap_err();
+    assert_eq!(error_status(&err), Some(400));
+    assert_eq!(
+        error_message(&err),
+        Some("too many applications in one request: 51; at most 50 (max_apps_per_request)")
+    );
+    assert_eq!(h.cf.cc.requests(), before, "refused before any lookup");
+}
+
 /// A GUID-shaped id Cloud Controller does not know.
 const GHOST: &str = "a0000000-0000-4000-8000-0000000000ff";
 

@@ -1,0 +1,196 @@
+//! How the operations users send scale with the table (not a test): single-policy creates
+//! (what the cf CLI sends) with 1 and 16 clients, list all, and `GET ...policies?id=<app>`,
+//! measured at 0, 10k, 30k and 60k stored policies on PostgreSQL.
+//!
+//!     cargo bench -p policy-api --bench scaling               # PostgreSQL
+//!     cargo bench -p policy-api --bench scaling -- sqlite     # SQLite (file, WAL)
+//!
+//! The server runs on a runtime of its own with one worker thread, the load generator on
+//! another; both share this machine's cores with the database. Policies follow upstream's
+//! published scale: 20,000 apps, each the source of 3 policies. PostgreSQL comes from
+//! C2C_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/postgres); a scratch
+//! database is created and dropped.
+
+use std::time::{Duration, Instant};
+
+use policy_api::Server;
+use policy_api::config::Config;
+use policy_client::types::{Policies, Policy, Protocol};
+use policy_client::{Client, ClientInfo};
+use sea_orm::sqlx::{self, Connection, Executor};
+
+#[path = "support/stats.rs"]
+mod stats;
+use stats::{ms, percentile};
+
+const APPS: usize = 20_000;
+const SIZES: [usize; 4] = [0, 10_000, 30_000, 60_000];
+const BATCH: usize = 1_000;
+
+fn app(i: usize) -> String {
+    format!("app-{:05}", i % APPS)
+}
+
+/// The `n`th stored policy: app n/3 → app n/3 + 1..=3.
+fn stored(n: usize) -> Policy {
+    Policy::new(&app(n / 3), &app(n / 3 + 1 + n % 3), Protocol::Tcp, 8080, 8080)
+}
+
+/// A policy no seed contains, between existing apps (no new tags), unique per `k`.
+fn single(k: usize) -> Policy {
+    Policy::new(&app(k * 7), &app(k * 7 + 11), Protocol::Udp, (1000 + k % 60_000) as i32, (1000 + k % 60_000) as i32)
+}
+
+/// Runs the server on a thread and runtime of its own, until the returned sender drops.
+fn start_server(database_url: String) -> (String, String, std::sync::mpsc::Sender<()>) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let cf = testkit::Cf::start().await.expect("doubles");
+            let config = Config {
+                metrics_listen: None,
+                database_max_connections: 20,
+                ..policy_api::dev::config_for_doubles(&cf, &database_url)
+            };
+            let server = Server::start(&config).await.expect("server");
+            ready_tx.send((server.url(), cf.uaa.user_token("admin"))).unwrap();
+            tokio::task::spawn_blocking(move || stop_rx.recv()).await.ok();
+            server.shutdown().await;
+        });
+    });
+    let (url, token) = ready_rx.recv().expect("server started");
+    (url, token, stop_tx)
+}
+
+/// `requests` calls of `op` spread over `clients` concurrent clients: requests per second
+/// and the median latency.
+async fn load<F, Fut>(clients: usize, requests: usize, op: F) -> (f64, Duration)
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            for i in (c..requests).step_by(clients) {
+                let t = Instant::now();
+                op(i).await;
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let wall = started.elapsed();
+    lat.sort();
+    (lat.len() as f64 / wall.as_secs_f64(), percentile(&lat, 0.5))
+}
+
+async fn run(name: &str, database_url: String) {
+    let (url, token, stop) = start_server(database_url);
+    let client = Client::new_with_token(&url, &token).unwrap();
+    println!("\n== {name}");
+    println!(
+        "| stored | single create, 1 client | single create, 16 clients | list all, 1 client | `?id=<app>`, 16 clients |"
+    );
+    println!("|---|---|---|---|---|");
+    let mut seeded = 0;
+    let mut next_single = 0;
+    for size in SIZES {
+        while seeded < size {
+            let end = (seeded + BATCH).min(size);
+            let chunk: Vec<Policy> = (seeded..end).map(stored).collect();
+            client.create_policies(&Policies { policies: chunk }).await.expect("seed");
+            seeded = end;
+        }
+        let base = next_single;
+        let (one_rate, one_p50) = load(1, 300, {
+            let client = client.clone();
+            move |i| {
+                let client = client.clone();
+                async move {
+                    client.create_policies(&Policies { policies: vec![single(base + i)] }).await.expect("create");
+                }
+            }
+        })
+        .await;
+        let base = base + 300;
+        let (many_rate, many_p50) = load(16, 2_000, {
+            let client = client.clone();
+            move |i| {
+                let client = client.clone();
+                async move {
+                    client.create_policies(&Policies { policies: vec![single(base + i)] }).await.expect("create");
+                }
+            }
+        })
+        .await;
+        next_single = base + 2_000;
+        let list_url = format!("{url}/networking/v1/external/policies");
+        let (list_rate, list_p50) = load(1, 20, {
+            let client = client.clone();
+            move |_| {
+                let (client, list_url) = (client.clone(), list_url.clone());
+                async move {
+                    let body = client.client().get(&list_url).send().await.unwrap().bytes().await.unwrap();
+                    assert!(body.len() > 20);
+                }
+            }
+        })
+        .await;
+        let (id_rate, id_p50) = load(16, 4_000, {
+            let client = client.clone();
+            move |i| {
+                let client = client.clone();
+                async move {
+                    let list = client.list_policies(Some(&app(i * 13)), None, None).await.unwrap().into_inner();
+                    assert!(size == 0 || list.total_policies > 0);
+                }
+            }
+        })
+        .await;
+        let stored_now = client.list_policies(None, None, None).await.unwrap().into_inner().total_policies;
+        println!(
+            "| {size} (+{}) | {one_rate:.0} req/s, p50 {} | {many_rate:.0} req/s, p50 {} | {list_rate:.1} req/s, p50 {} | {id_rate:.0} req/s, p50 {} |",
+            stored_now as usize - size,
+            ms(one_p50),
+            ms(many_p50),
+            ms(list_p50),
+            ms(id_p50)
+        );
+    }
+    drop(stop);
+    // Give the server thread its graceful shutdown before the database goes away.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() {
+    let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wants = |n: &str| if which.is_empty() { n == "postgres" } else { which.iter().any(|w| w == n) };
+    if wants("sqlite") {
+        let dir = std::env::temp_dir().join(format!("c2c-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        run("SQLite (file, WAL)", format!("sqlite://{}/bench.db?mode=rwc", dir.display())).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if wants("postgres") {
+        let admin = std::env::var("C2C_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("c2c_bench_{}", std::process::id());
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL reachable");
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&format!("/{name}"));
+        run("PostgreSQL", url.to_string()).await;
+        conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await.unwrap();
+    }
+}
