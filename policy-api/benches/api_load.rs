@@ -15,8 +15,9 @@ use policy_api::config::Config;
 use policy_api::policy::PolicyFilter;
 use policy_client::types::{Policies, Policy, Protocol};
 use policy_client::{Client, ClientInfo};
-use sea_orm::sqlx::{self, Connection, Executor};
 
+#[path = "support/databases.rs"]
+mod databases;
 #[path = "support/stats.rs"]
 mod stats;
 use stats::{ms, percentile};
@@ -143,20 +144,9 @@ async fn main() {
     let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let wants = |n: &str| which.is_empty() || which.iter().any(|w| w == n);
     if wants("sqlite") {
-        let dir = std::env::temp_dir().join(format!("c2c-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        run("SQLite (file, WAL)", format!("sqlite://{}/bench.db?mode=rwc", dir.display())).await;
-        let _ = std::fs::remove_dir_all(&dir);
+        databases::on_sqlite(|url| run("SQLite (file, WAL)", url)).await;
     }
     if wants("postgres") {
-        let admin = std::env::var("C2C_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("c2c_bench_{}", std::process::id());
-        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL reachable");
-        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
-        let mut url = url::Url::parse(&admin).unwrap();
-        url.set_path(&format!("/{name}"));
-        run("PostgreSQL", url.to_string()).await;
-        conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await.unwrap();
+        databases::on_postgres(|url| run("PostgreSQL", url)).await;
     }
 }

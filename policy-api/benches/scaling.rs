@@ -17,8 +17,9 @@ use policy_api::Server;
 use policy_api::config::Config;
 use policy_client::types::{Policies, Policy, Protocol};
 use policy_client::{Client, ClientInfo};
-use sea_orm::sqlx::{self, Connection, Executor};
 
+#[path = "support/databases.rs"]
+mod databases;
 #[path = "support/stats.rs"]
 mod stats;
 use stats::{ms, percentile};
@@ -42,10 +43,10 @@ fn single(k: usize) -> Policy {
 }
 
 /// Runs the server on a thread and runtime of its own, until the returned sender drops.
-fn start_server(database_url: String) -> (String, String, std::sync::mpsc::Sender<()>) {
+fn start_server(database_url: String) -> (String, String, std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         rt.block_on(async move {
             let cf = testkit::Cf::start().await.expect("doubles");
@@ -61,7 +62,7 @@ fn start_server(database_url: String) -> (String, String, std::sync::mpsc::Sende
         });
     });
     let (url, token) = ready_rx.recv().expect("server started");
-    (url, token, stop_tx)
+    (url, token, stop_tx, thread)
 }
 
 /// `requests` calls of `op` spread over `clients` concurrent clients: requests per second
@@ -94,8 +95,21 @@ where
     (lat.len() as f64 / wall.as_secs_f64(), percentile(&lat, 0.5))
 }
 
+/// One new policy per request, the `i`th after `base`.
+fn single_creates(client: &Client, base: usize) -> impl Fn(usize) -> BoxedUnit + Clone + Send + 'static {
+    let client = client.clone();
+    move |i| {
+        let client = client.clone();
+        Box::pin(async move {
+            client.create_policies(&Policies { policies: vec![single(base + i)] }).await.expect("create");
+        })
+    }
+}
+
+type BoxedUnit = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 async fn run(name: &str, database_url: String) {
-    let (url, token, stop) = start_server(database_url);
+    let (url, token, stop, server_thread) = start_server(database_url);
     let client = Client::new_with_token(&url, &token).unwrap();
     println!("\n== {name}");
     println!(
@@ -111,29 +125,9 @@ async fn run(name: &str, database_url: String) {
             client.create_policies(&Policies { policies: chunk }).await.expect("seed");
             seeded = end;
         }
-        let base = next_single;
-        let (one_rate, one_p50) = load(1, 300, {
-            let client = client.clone();
-            move |i| {
-                let client = client.clone();
-                async move {
-                    client.create_policies(&Policies { policies: vec![single(base + i)] }).await.expect("create");
-                }
-            }
-        })
-        .await;
-        let base = base + 300;
-        let (many_rate, many_p50) = load(16, 2_000, {
-            let client = client.clone();
-            move |i| {
-                let client = client.clone();
-                async move {
-                    client.create_policies(&Policies { policies: vec![single(base + i)] }).await.expect("create");
-                }
-            }
-        })
-        .await;
-        next_single = base + 2_000;
+        let (one_rate, one_p50) = load(1, 300, single_creates(&client, next_single)).await;
+        let (many_rate, many_p50) = load(16, 2_000, single_creates(&client, next_single + 300)).await;
+        next_single += 2_300;
         let list_url = format!("{url}/networking/v1/external/policies");
         let (list_rate, list_p50) = load(1, 20, {
             let client = client.clone();
@@ -168,29 +162,16 @@ async fn run(name: &str, database_url: String) {
         );
     }
     drop(stop);
-    // Give the server thread its graceful shutdown before the database goes away.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The server finishes its shutdown before the database goes away.
+    tokio::task::spawn_blocking(move || server_thread.join()).await.unwrap().unwrap();
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let wants = |n: &str| if which.is_empty() { n == "postgres" } else { which.iter().any(|w| w == n) };
-    if wants("sqlite") {
-        let dir = std::env::temp_dir().join(format!("c2c-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        run("SQLite (file, WAL)", format!("sqlite://{}/bench.db?mode=rwc", dir.display())).await;
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    if wants("postgres") {
-        let admin = std::env::var("C2C_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("c2c_bench_{}", std::process::id());
-        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL reachable");
-        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
-        let mut url = url::Url::parse(&admin).unwrap();
-        url.set_path(&format!("/{name}"));
-        run("PostgreSQL", url.to_string()).await;
-        conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await.unwrap();
+    if which.iter().any(|w| w == "sqlite") {
+        databases::on_sqlite(|url| run("SQLite (file, WAL)", url)).await;
+    } else {
+        databases::on_postgres(|url| run("PostgreSQL", url)).await;
     }
 }
