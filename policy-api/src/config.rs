@@ -105,6 +105,51 @@ impl Default for CloudControllerConfig {
     }
 }
 
+/// Limits of every listener (external, cells' and metrics), each on its own.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open connections per listener; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time to send request headers (and to finish a TLS handshake); also how long an
+    /// HTTP/1 connection may sit idle between requests.
+    pub header_read_timeout_secs: u64,
+    /// Time to send a request body.
+    pub body_read_timeout_secs: u64,
+    /// Requests in progress per listener, long-polling watches included; 503 above.
+    pub max_concurrent_requests: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_streams_per_connection: u32,
+    /// `/health`'s own deadline for its database check, so it cannot queue behind a busy
+    /// connection pool.
+    pub health_database_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 16_384,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            max_concurrent_requests: 20_000,
+            max_streams_per_connection: 1_000,
+            health_database_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn listener(&self) -> crate::listener::Limits {
+        crate::listener::Limits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            max_streams_per_connection: self.max_streams_per_connection,
+            max_concurrent_requests: self.max_concurrent_requests,
+            body_read_timeout: Duration::from_secs(self.body_read_timeout_secs),
+        }
+    }
+}
+
 /// The cells' API: mTLS only (a client certificate from `tls.client_ca_file` is required).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -191,6 +236,7 @@ pub struct Config {
     pub cloud_controller: CloudControllerConfig,
     /// The cells' API; served only when `internal.tls` is set.
     pub internal: InternalConfig,
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -215,6 +261,7 @@ impl Default for Config {
             uaa: UaaConfig::default(),
             cloud_controller: CloudControllerConfig::default(),
             internal: InternalConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -246,6 +293,16 @@ impl Config {
         }
         if self.max_policies_per_app_source < 1 {
             return bad("max_policies_per_app_source must be at least 1");
+        }
+        let l = &self.limits;
+        if l.max_connections < 1
+            || l.header_read_timeout_secs < 1
+            || l.body_read_timeout_secs < 1
+            || l.max_concurrent_requests < 1
+            || l.max_streams_per_connection < 1
+            || l.health_database_timeout_ms < 1
+        {
+            return bad("every [limits] value must be positive");
         }
         if self.database_max_connections < 1 {
             return bad("database_max_connections must be at least 1");

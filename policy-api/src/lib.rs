@@ -17,6 +17,7 @@ pub mod gojson;
 pub mod ids;
 pub mod jobs;
 pub mod leases;
+pub mod listener;
 pub mod mapper;
 pub mod policy;
 pub mod policy_set;

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -77,17 +76,18 @@ impl Server {
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
         let router = api::router(state.clone());
-        tasks.push(match tls {
-            Some(tls) => tokio::spawn(crate::tls::serve(listener, tls, router, stopped.clone(), shutdown_timeout)),
-            None => spawn_serving(listener, router, stopped.clone()),
-        });
+        let limits = config.limits.listener();
+        let serve = |listener, tls, router| {
+            tokio::spawn(crate::listener::serve(listener, tls, router, limits, stopped.clone(), shutdown_timeout))
+        };
+        tasks.push(serve(listener, tls, router));
         let scheme = if config.tls.is_some() { "https" } else { "http" };
 
         let mut metrics_addr = None;
         if let Some(m) = config.metrics_listen {
             let listener = bind(m).await?;
             metrics_addr = listener.local_addr().ok();
-            tasks.push(spawn_serving(listener, api::metrics_router(handle), stopped.clone()));
+            tasks.push(serve(listener, None, api::metrics_router(handle)));
         }
 
         let mut background =
@@ -99,7 +99,7 @@ impl Server {
             let listener = bind(config.internal.listen).await?;
             internal_addr = listener.local_addr().ok();
             let router = api::internal_router(state.clone());
-            tasks.push(tokio::spawn(crate::tls::serve(listener, tls, router, stopped.clone(), shutdown_timeout)));
+            tasks.push(serve(listener, Some(tls), router));
             background.push(jobs::spawn_asg_sync(
                 state.store.clone(),
                 state.cc.clone(),
@@ -145,23 +145,4 @@ impl Server {
             let _ = task.await;
         }
     }
-}
-
-fn spawn_serving(listener: TcpListener, router: axum::Router, mut stopped: watch::Receiver<bool>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        // Small answers go out at once (see tls::serve).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "server stopped with an error");
-        }
-    })
 }

@@ -13,6 +13,7 @@ use crate::store::{Store, StoreError, StoreOptions};
 pub struct Settings {
     pub max_policies_per_app_source: u64,
     pub max_apps_per_request: usize,
+    pub health_database_timeout: Duration,
     pub self_service: bool,
     pub allowed_cors_domains: Vec<String>,
     pub tls: bool,
@@ -153,6 +154,7 @@ impl AppState {
             settings: Settings {
                 max_policies_per_app_source: config.max_policies_per_app_source,
                 max_apps_per_request: config.max_apps_per_request,
+                health_database_timeout: Duration::from_millis(config.limits.health_database_timeout_ms),
                 self_service: config.enable_space_developer_self_service,
                 allowed_cors_domains: config.allowed_cors_domains.clone(),
                 tls: config.tls.is_some(),

@@ -23,11 +23,17 @@ pub async fn uptime(State(state): State<AppState>) -> Response {
     resp
 }
 
+/// Answers within its own deadline, so a busy connection pool shows as a failed check
+/// instead of a hung probe.
 pub async fn health(State(state): State<AppState>) -> Response {
-    match state.store.check().await {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => {
+    match tokio::time::timeout(state.settings.health_database_timeout, state.store.check()).await {
+        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Err(e)) => {
             tracing::error!(error = %e, "check database failed");
+            ApiError::internal("check database failed").into_response()
+        }
+        Err(_) => {
+            tracing::error!(timeout = ?state.settings.health_database_timeout, "check database timed out");
             ApiError::internal("check database failed").into_response()
         }
     }
@@ -38,24 +44,30 @@ pub async fn whoami(_v: Version, Admin(caller): Admin) -> Response {
     json_body(StatusCode::OK, body)
 }
 
-/// Reads at most [`BODY_LIMIT`] bytes. An oversized body is still drained (up to a cap) so
-/// the client, which is usually still sending, gets to read the 400 instead of a reset.
+/// Reads at most [`BODY_LIMIT`] bytes (see [`read_body_within`]).
 pub async fn read_body(body: Body, message: &'static str) -> Result<bytes::Bytes, ApiError> {
+    read_body_within(body, BODY_LIMIT, message).await
+}
+
+/// Reads at most `limit` bytes. An oversized body is still drained (up to a cap) so the
+/// client, which is usually still sending, gets to read the 400 instead of a reset. A body
+/// that stops arriving fails at the listener's body-read deadline.
+pub async fn read_body_within(body: Body, limit: usize, message: &'static str) -> Result<bytes::Bytes, ApiError> {
     use futures::StreamExt;
-    const DRAIN_CAP: usize = 8 * BODY_LIMIT;
+    let drain_cap = 8 * limit;
     let mut stream = body.into_data_stream();
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| ApiError::bad_request(message))?;
         seen += chunk.len();
-        if seen <= BODY_LIMIT {
+        if seen <= limit {
             buf.extend_from_slice(&chunk);
-        } else if seen > DRAIN_CAP {
+        } else if seen > drain_cap {
             break;
         }
     }
-    if seen > BODY_LIMIT {
+    if seen > limit {
         return Err(ApiError::bad_request(message));
     }
     Ok(buf.freeze())

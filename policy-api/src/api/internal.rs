@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::error::{ApiError, json_body};
-use super::external::read_body;
+use super::external::read_body_within;
 use crate::cell_identity::{CellIdentity, ClientCert};
 use crate::discovery::{self, CellRegistrations};
 use crate::gojson;
@@ -145,7 +145,7 @@ fn lease_error(e: LeaseStoreError) -> ApiError {
 }
 
 async fn json_request<T: for<'de> Deserialize<'de>>(body: Body) -> Result<T, ApiError> {
-    let bytes = read_body(body, "failed reading request body").await?;
+    let bytes = read_body_within(body, BODY_LIMIT, "failed reading request body").await?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
 }
 

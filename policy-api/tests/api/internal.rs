@@ -533,7 +533,7 @@ async fn cell_leases(cell: &policy_client::Client) -> Vec<Lease> {
 }
 
 /// The gauge of watches waiting right now, from this process's recorder.
-fn watches_waiting() -> u64 {
+pub fn watches_waiting() -> u64 {
     let text = policy_api::server::prometheus().render();
     text.lines()
         .find_map(|l| l.strip_prefix("c2c_watches_waiting "))

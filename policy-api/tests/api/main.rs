@@ -107,6 +107,77 @@ async fn sqlite_files_are_private() {
     }
 }
 
+/// Thousands of half-sent requests (a slowloris) neither starve an authenticated listing
+/// nor hold their sockets past the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_cannot_starve_the_api() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SLOW: usize = 3_000;
+    let h = harness::Harness::start_with(harness::Backend::Sqlite, |c| c.limits.header_read_timeout_secs = 2).await;
+    let mut slow = Vec::with_capacity(SLOW);
+    for _ in 0..SLOW {
+        let mut s = tokio::net::TcpStream::connect(h.server.addr).await.unwrap();
+        s.write_all(b"GET /networking/v1/external/policies HTTP/1.1\r\nHost: policy-server\r\nAuthor").await.unwrap();
+        slow.push(s);
+    }
+    let list = h.admin().list_policies(None, None, None).await.unwrap().into_inner();
+    assert_eq!(list.total_policies, 0);
+    // The server closes every half-sent request once the header timeout passes.
+    for s in slow.iter_mut() {
+        let mut buf = [0u8; 512];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(60), s.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "a half-sent request is still open after 60 s");
+    }
+}
+
+/// A body that stops arriving fails at the body-read deadline with the usual 400.
+#[tokio::test]
+async fn trickled_bodies_time_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness::Harness::start_with(harness::Backend::Sqlite, |c| c.limits.body_read_timeout_secs = 1).await;
+    let token = h.cf.uaa.user_token("admin");
+    let mut s = tokio::net::TcpStream::connect(h.server.addr).await.unwrap();
+    let head = format!(
+        "POST /networking/v1/external/policies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n{{\"polic"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.ends_with(b"}") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed without an answer: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.ends_with(r#"{"error": "failed reading request body"}"#), "{text}");
+}
+
+/// Requests in progress beyond `max_concurrent_requests` are answered 503 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_cap_are_shed() {
+    let h = harness::Harness::start_internal(harness::Backend::Sqlite, |c| c.limits.max_concurrent_requests = 3).await;
+    let url = format!("{}/networking/v1/internal/policies?id=app-1", h.internal_url());
+    let http = h.cell_http(None, true);
+    let etag = http.get(&url).send().await.unwrap().headers()["etag"].to_str().unwrap().to_string();
+    let mut watches = Vec::new();
+    for _ in 0..3 {
+        let (http, url, etag) = (http.clone(), format!("{url}&wait=30s"), etag.clone());
+        watches.push(tokio::spawn(async move { http.get(&url).header("If-None-Match", etag).send().await }));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while internal::watches_waiting() < 3 {
+        assert!(std::time::Instant::now() < deadline, "the watches never started waiting");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let shed = http.get(&url).send().await.unwrap();
+    assert_eq!(shed.status(), 503);
+    assert!(shed.text().await.unwrap().contains("too many requests in progress"));
+    for w in &watches {
+        w.abort();
+    }
+}
+
 #[tokio::test]
 async fn es256_tokens_are_accepted() {
     let cf = testkit::Cf::start_with(testkit::SigningAlg::Es256).await.unwrap();

@@ -1,0 +1,224 @@
+//! Serving one listener (external API, cells' API, metrics) with limits, over TLS or plain
+//! TCP: a cap on open connections, a deadline for the TLS handshake and for the first bytes,
+//! a header-read timeout that also closes idle HTTP/1 keep-alive connections, HTTP/2
+//! keep-alive pings and a cap on streams per connection, and a graceful stop.
+//!
+//! A connection beyond the cap waits in the kernel's backlog, so half-sent requests (a
+//! slowloris) can hold at most `max_connections` sockets, each for at most the header
+//! timeout, and cannot exhaust the server's file descriptors.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+/// The limits of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time to send a request's headers, and the longest an HTTP/1 connection may sit idle
+    /// between requests. Also bounds the TLS handshake and the wait for the first bytes.
+    pub header_read_timeout: Duration,
+    /// Concurrent HTTP/2 streams (requests) per connection.
+    pub max_streams_per_connection: u32,
+    /// Requests in progress on this listener, long-polling watches included; 503 above.
+    pub max_concurrent_requests: usize,
+    /// Time to send a request body, from the start of the request.
+    pub body_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 16_384,
+            header_read_timeout: Duration::from_secs(10),
+            max_streams_per_connection: 1_000,
+            max_concurrent_requests: 20_000,
+            body_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves `router` until `stopped` turns true, then stops accepting at once, lets open
+/// connections finish for up to `grace`, and closes the rest. With `tls`, handshake failures
+/// (no or a wrong client certificate, plain HTTP) close that connection and are logged and
+/// counted by reason.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<ServerConfig>,
+    router: Router,
+    limits: Limits,
+    mut stopped: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let acceptor = tls.map(|config| TlsAcceptor::from(Arc::new(config)));
+    let in_progress = Arc::new(Semaphore::new(limits.max_concurrent_requests));
+    let router = router
+        .layer(axum::middleware::from_fn_with_state(limits.body_read_timeout, body_deadline))
+        .layer(axum::middleware::from_fn_with_state(in_progress, request_slot));
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = async { drop(stopped.wait_for(|s| *s).await) } => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (tcp, peer): (TcpStream, SocketAddr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Usually out of file descriptors: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = async { drop(stopped.wait_for(|s| *s).await) } => break,
+        };
+        // Answers are small writes (headers, then body frames): without this, Nagle holds
+        // one back until the peer's delayed ACK, some 40 ms.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let (acceptor, router, watcher) = (acceptor.clone(), router.clone(), graceful.watcher());
+        connections.spawn(async move {
+            let _permit = permit;
+            match acceptor {
+                None => {
+                    // Nothing sent at all: auto-detection of HTTP/1 or HTTP/2 would wait.
+                    if tokio::time::timeout(limits.header_read_timeout, tcp.readable()).await.is_err() {
+                        return;
+                    }
+                    serve_connection(TokioIo::new(tcp), router, limits, watcher, peer).await;
+                }
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            let reason = refusal_reason(&e);
+                            metrics::counter!("c2c_tls_handshake_failures_total", "reason" => reason).increment(1);
+                            tracing::warn!(%peer, reason, error = %e, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics::counter!("c2c_tls_handshake_failures_total", "reason" => "timeout").increment(1);
+                            tracing::warn!(%peer, "TLS handshake refused: not completed within the header timeout");
+                            return;
+                        }
+                    };
+                    // The verified client certificate goes with every request of the
+                    // connection, so the cells' API knows which cell is asking.
+                    let cert = crate::cell_identity::ClientCert(
+                        tls.get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| Arc::new(c.clone().into_owned())),
+                    );
+                    let router = router.layer(axum::Extension(cert));
+                    serve_connection(TokioIo::new(tls), router, limits, watcher, peer).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+    connections.abort_all();
+}
+
+async fn serve_connection<I>(
+    io: TokioIo<I>,
+    router: Router,
+    limits: Limits,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer: SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        // Pings find peers that vanished without closing (a cell that lost power).
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(router));
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Answers 503 at once when the listener already has `max_concurrent_requests` in progress,
+/// instead of queueing without bound.
+async fn request_slot(State(slots): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
+    match slots.try_acquire_owned() {
+        Ok(slot) => {
+            let resp = next.run(req).await;
+            drop(slot);
+            resp
+        }
+        Err(_) => {
+            metrics::counter!("c2c_requests_shed_total").increment(1);
+            crate::api::error::ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests in progress on this listener; retry shortly",
+            )
+            .into_response()
+        }
+    }
+}
+
+/// Makes a request body that stops arriving fail at `timeout` after the request started,
+/// so a client cannot hold a handler by trickling its body.
+async fn body_deadline(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+    use futures::StreamExt;
+    if HttpBody::is_end_stream(req.body()) {
+        return next.run(req).await;
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (parts, body) = req.into_parts();
+    let chunks = futures::stream::unfold(Some(body.into_data_stream()), move |stream| async move {
+        let mut stream = stream?;
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(chunk)) => Some((chunk, Some(stream))),
+            Ok(None) => None,
+            Err(_) => {
+                let late = std::io::Error::new(std::io::ErrorKind::TimedOut, "request body not received in time");
+                Some((Err(axum::Error::new(late)), None))
+            }
+        }
+    });
+    next.run(Request::from_parts(parts, Body::from_stream(chunks))).await
+}
+
+/// A short label for why a handshake failed, for the metric (the log has the full error).
+fn refusal_reason(e: &std::io::Error) -> &'static str {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::NoCertificatesPresented) => "no_certificate",
+        Some(rustls::Error::InvalidCertificate(_)) => "bad_certificate",
+        Some(rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateHandshakeMessage { .. }) => "not_tls",
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
+        Some(_) => "tls_error",
+        None => "io_error",
+    }
+}
