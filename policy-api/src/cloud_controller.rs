@@ -27,7 +27,7 @@ pub struct ClientToken {
     url: String,
     client_id: String,
     client_secret: String,
-    cached: Mutex<Option<(String, Instant)>>,
+    cached: Mutex<Option<(String, Instant, Vec<String>)>>,
 }
 
 #[derive(Deserialize)]
@@ -35,7 +35,14 @@ struct TokenAnswer {
     access_token: String,
     #[serde(default)]
     expires_in: u64,
+    /// Space-separated granted scopes (RFC 6749 §5.1).
+    #[serde(default)]
+    scope: String,
 }
+
+/// Scopes that let the server see every app in Cloud Controller.
+const ADMIN_READ_SCOPES: [&str; 3] =
+    ["cloud_controller.admin_read_only", "cloud_controller.admin", "cloud_controller.global_auditor"];
 
 impl ClientToken {
     pub fn new(http: reqwest::Client, uaa_url: &str, client_id: &str, client_secret: &str) -> Self {
@@ -49,11 +56,16 @@ impl ClientToken {
     }
 
     pub async fn get(&self) -> Result<String, CcError> {
+        self.current().await.map(|(token, _)| token)
+    }
+
+    /// The token and its granted scopes.
+    async fn current(&self) -> Result<(String, Vec<String>), CcError> {
         let mut cached = self.cached.lock().await;
-        if let Some((token, until)) = cached.as_ref()
+        if let Some((token, until, scopes)) = cached.as_ref()
             && Instant::now() < *until
         {
-            return Ok(token.clone());
+            return Ok((token.clone(), scopes.clone()));
         }
         let resp = self
             .http
@@ -69,8 +81,9 @@ impl ClientToken {
         let answer: TokenAnswer = resp.json().await.map_err(|e| CcError::Token(e.to_string()))?;
         // Renew a minute early so a token never expires on its way to Cloud Controller.
         let lifetime = Duration::from_secs(answer.expires_in.saturating_sub(60));
-        *cached = Some((answer.access_token.clone(), Instant::now() + lifetime));
-        Ok(answer.access_token)
+        let scopes: Vec<String> = answer.scope.split_whitespace().map(str::to_string).collect();
+        *cached = Some((answer.access_token.clone(), Instant::now() + lifetime, scopes.clone()));
+        Ok((answer.access_token, scopes))
     }
 }
 
@@ -276,6 +289,12 @@ impl CloudController {
 }
 
 impl CloudController {
+    /// Whether the server's own token may read every app (the cleanup needs it).
+    pub async fn has_admin_read(&self) -> Result<bool, CcError> {
+        let (_, scopes) = self.token.current().await?;
+        Ok(scopes.iter().any(|s| ADMIN_READ_SCOPES.contains(&s.as_str())))
+    }
+
     /// Every security group (v3), as raw resources.
     pub async fn security_groups(&self) -> Result<Vec<serde_json::Value>, CcError> {
         self.all_pages(format!("{}/v3/security_groups?per_page=5000", self.base)).await

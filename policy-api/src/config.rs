@@ -229,6 +229,11 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// Minutes between stale-policy cleanups (at least 1).
     pub cleanup_interval_minutes: u64,
+    /// The cleanup refuses to delete more than this share of all policies in one run (runs
+    /// of 10 or fewer excepted), unless an admin forces it.
+    pub cleanup_max_delete_percent: u32,
+    /// ... or more than this many policies.
+    pub cleanup_max_delete_policies: usize,
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter.
     pub log_level: String,
     pub log_format: LogFormat,
@@ -256,6 +261,8 @@ impl Default for Config {
             allowed_cors_domains: Vec::new(),
             shutdown_timeout_ms: 2000,
             cleanup_interval_minutes: 60,
+            cleanup_max_delete_percent: 25,
+            cleanup_max_delete_policies: 1000,
             log_level: "info".into(),
             log_format: LogFormat::Json,
             uaa: UaaConfig::default(),
@@ -290,6 +297,9 @@ impl Config {
         }
         if self.cleanup_interval_minutes < 1 {
             return bad("cleanup_interval_minutes must be at least 1");
+        }
+        if self.cleanup_max_delete_percent > 100 {
+            return bad("cleanup_max_delete_percent is a percentage: 0 to 100");
         }
         if self.max_policies_per_app_source < 1 {
             return bad("max_policies_per_app_source must be at least 1");
@@ -328,6 +338,13 @@ impl Config {
 
     pub fn cleanup_interval(&self) -> Duration {
         Duration::from_secs(self.cleanup_interval_minutes * 60)
+    }
+
+    pub fn cleanup_valve(&self) -> crate::cleanup::Valve {
+        crate::cleanup::Valve {
+            max_percent: self.cleanup_max_delete_percent,
+            max_policies: self.cleanup_max_delete_policies,
+        }
     }
 
     /// The documented default file, generated from the defaults so it cannot drift.

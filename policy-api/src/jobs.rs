@@ -96,13 +96,26 @@ pub fn spawn_registration_pruning(store: Store, snapshots: Snapshots, interval: 
     })
 }
 
-/// Runs the stale-policy cleanup every `interval`, first one interval after start. Errors
-/// are logged and the next run tries again.
-pub fn spawn_cleanup(store: Store, cc: Arc<CloudController>, interval: Duration) -> JoinHandle<()> {
+/// Runs the stale-policy cleanup every `interval`, first one interval after start, on
+/// whichever replica holds the `policy-cleanup` lock (a lease of three intervals, renewed by
+/// its holder at every run). Errors and refusals are logged; the next run tries again.
+pub fn spawn_cleanup(
+    store: Store,
+    cc: Arc<CloudController>,
+    interval: Duration,
+    valve: cleanup::Valve,
+) -> JoinHandle<()> {
+    let me = uuid::Uuid::new_v4().to_string();
     every(interval, interval, move || {
-        let (store, cc) = (store.clone(), cc.clone());
+        let (store, cc, me) = (store.clone(), cc.clone(), me.clone());
         async move {
-            if let Err(e) = cleanup::run_once(&store, &cc).await {
+            match store.try_lock("policy-cleanup", &me, interval * 3).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => return tracing::error!(error = %e, "poll-cycle: cleanup lock check failed"),
+            }
+            let run = cleanup::Run { dry_run: false, force: false };
+            if let Err(e) = cleanup::run_once(&store, &cc, valve, run).await {
                 tracing::error!(error = %e, "poll-cycle: stale policy cleanup failed");
             }
         }

@@ -90,8 +90,15 @@ impl Server {
             tasks.push(serve(listener, None, api::metrics_router(handle)));
         }
 
-        let mut background =
-            vec![loader, jobs::spawn_cleanup(state.store.clone(), state.cc.clone(), config.cleanup_interval())];
+        let mut background = vec![
+            loader,
+            jobs::spawn_cleanup(
+                state.store.clone(),
+                state.cc.clone(),
+                config.cleanup_interval(),
+                config.cleanup_valve(),
+            ),
+        ];
 
         let mut internal_addr = None;
         if let Some(files) = &config.internal.tls {

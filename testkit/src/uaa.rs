@@ -213,6 +213,15 @@ impl Uaa {
         user
     }
 
+    /// Registers an OAuth client (client_credentials) on the running double.
+    pub fn add_client(&self, id: &str, secret: &str, authorities: &[&str]) {
+        self.inner.clients.write().expect("lock").push(OAuthClient {
+            id: id.to_string(),
+            secret: secret.to_string(),
+            authorities: authorities.iter().map(|s| s.to_string()).collect(),
+        });
+    }
+
     pub fn user(&self, name: &str) -> Option<User> {
         self.inner.users.read().expect("lock").iter().find(|u| u.name == name).cloned()
     }

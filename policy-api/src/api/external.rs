@@ -213,10 +213,25 @@ fn render(version: ApiVersion, policies: &[&Policy]) -> Vec<u8> {
     }
 }
 
-pub async fn cleanup(State(state): State<AppState>, _v: Version, Admin(_caller): Admin) -> Result<Response, ApiError> {
-    let stale = cleaner::run_once(&state.store, &state.cc).await.map_err(|e| {
-        tracing::error!(error = %e, "policies cleanup failed");
-        ApiError::internal("policies cleanup failed")
+/// `?dry_run=true` reports what would be deleted; `?force=true` passes the safety valve.
+pub async fn cleanup(
+    State(state): State<AppState>,
+    _v: Version,
+    Admin(caller): Admin,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let flag = |name: &str| {
+        url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()).any(|(k, v)| k == name && v == "true")
+    };
+    let run = cleaner::Run { dry_run: flag("dry_run"), force: flag("force") };
+    let stale = cleaner::run_once(&state.store, &state.cc, state.settings.cleanup_valve, run).await.map_err(|e| {
+        tracing::error!(error = %e, userName = caller.display_name(), "policies cleanup failed");
+        match e {
+            cleaner::CleanupError::NoAdminRead | cleaner::CleanupError::TooMany { .. } => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
+            _ => ApiError::internal("policies cleanup failed"),
+        }
     })?;
     state.snapshots.changed();
     // Always the v1 shape, also under /v0/, as upstream.

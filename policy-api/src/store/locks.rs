@@ -1,9 +1,10 @@
-//! Leases on named jobs (`asg-syncer`), so that one replica at a time runs them.
+//! Leases on named jobs (`asg-syncer`, `policy-cleanup`), so that one replica at a time runs
+//! them.
 
 use std::time::Duration;
 
 use sea_orm::ConnectionTrait;
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 
 use super::entities::sync_locks;
 use super::{Store, StoreError, now_secs};
@@ -12,6 +13,14 @@ impl Store {
     /// Takes or renews the lock `name` for `holder` until `ttl` from now. True when held.
     pub async fn try_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
         let now = now_secs();
+        // Locks are rows; a lock newer than the migrations gets its row on first use.
+        let insert = Query::insert()
+            .into_table(sync_locks::Entity)
+            .columns([sync_locks::Column::Name, sync_locks::Column::Holder, sync_locks::Column::ExpiresAt])
+            .values_panic([name.into(), "".into(), 0i64.into()])
+            .on_conflict(OnConflict::column(sync_locks::Column::Name).do_nothing().to_owned())
+            .to_owned();
+        self.db.execute(&insert).await?;
         let update = Query::update()
             .table(sync_locks::Entity)
             .value(sync_locks::Column::Holder, holder)

@@ -47,6 +47,7 @@ for_backends!(
     new_tags_per_caller_are_budgeted,
     quota_holds_under_concurrency,
     cleanup,
+    cleanup_cannot_wipe_the_foundation,
     info_headers_and_metrics,
     check_token_mode,
     key_rotation,

@@ -495,17 +495,62 @@ pub async fn cleanup(backend: Backend) {
         .create_policies(&body(vec![p(APP_1, APP_2, Protocol::Tcp, 3333, 3333), p(APP_1, APP_3, Protocol::Tcp, 1, 9)]))
         .await
         .unwrap();
-    assert_eq!(admin.cleanup_policies().await.unwrap().into_inner().total_policies, 0);
+    assert_eq!(admin.cleanup_policies(None, None).await.unwrap().into_inner().total_policies, 0);
     h.cf.cc.delete_app(APP_2);
-    let stale = admin.cleanup_policies_v0().await.unwrap().into_inner();
+    let stale = admin.cleanup_policies_v0(None, None).await.unwrap().into_inner();
     assert_eq!(stale.total_policies, 1);
     assert_eq!(stale.policies[0].destination.id, APP_2);
     assert_eq!(stale.policies[0].destination.ports.start, 3333, "v1 shape under /v0/ too");
     assert_eq!(all(&admin).await.len(), 1);
     let tags: Vec<String> = admin.list_tags().await.unwrap().into_inner().tags.into_iter().map(|t| t.id).collect();
     assert!(!tags.contains(&APP_2.to_string()), "stale app's tag freed");
-    let err = h.client("alice").cleanup_policies().await.unwrap_err();
+    let err = h.client("alice").cleanup_policies(None, None).await.unwrap_err();
     assert_eq!(error_status(&err), Some(403));
+}
+
+/// Cloud Controller answers 200 with no apps: the cleanup refuses to wipe the foundation,
+/// says why, and raises an alert metric; a dry run reports; an admin can force it.
+pub async fn cleanup_cannot_wipe_the_foundation(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = h.admin();
+    let policies: Vec<Policy> = (1..=20).map(|port| p(APP_1, APP_2, Protocol::Tcp, port, port)).collect();
+    admin.create_policies(&body(policies)).await.unwrap();
+    h.cf.cc.delete_app(APP_1);
+    h.cf.cc.delete_app(APP_2);
+    h.cf.cc.delete_app(APP_3);
+    let err = admin.cleanup_policies(None, None).await.unwrap_err();
+    assert_eq!(error_status(&err), Some(409));
+    assert!(error_message(&err).unwrap().contains("it would delete 20 of 20 policies"), "{err:?}");
+    assert_eq!(all(&admin).await.len(), 20, "nothing deleted");
+    assert_eq!(gauge(&h, "c2c_cleanup_refused").await, Some(1.0));
+    let dry = admin.cleanup_policies(Some(true), Some(true)).await.unwrap().into_inner();
+    assert_eq!(dry.total_policies, 20);
+    assert_eq!(all(&admin).await.len(), 20, "a dry run deletes nothing");
+    assert_eq!(admin.cleanup_policies(None, Some(true)).await.unwrap().into_inner().total_policies, 20);
+    assert!(all(&admin).await.is_empty());
+    assert_eq!(gauge(&h, "c2c_cleanup_refused").await, Some(0.0));
+
+    // A server whose UAA client cannot read every app refuses to clean up at all.
+    h.cf.uaa.add_client("network-policy-narrow", "secret", &["uaa.resource"]);
+    let mut config = h.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.uaa.client_id = "network-policy-narrow".into();
+    config.uaa.client_secret = policy_api::config::Secret("secret".into());
+    let narrow = policy_api::Server::start(&config).await.unwrap();
+    admin.create_policies(&body(vec![p("x", "y", Protocol::Tcp, 1, 1)])).await.unwrap();
+    let client = policy_client::Client::new_with_token(&narrow.url(), &h.cf.uaa.user_token("admin")).unwrap();
+    let err = client.cleanup_policies(None, Some(true)).await.unwrap_err();
+    assert_eq!(error_status(&err), Some(409));
+    assert!(error_message(&err).unwrap().contains("lacks cloud_controller.admin_read_only"), "{err:?}");
+    assert_eq!(all(&admin).await.len(), 1);
+    narrow.shutdown().await;
+}
+
+/// A gauge from the server's metrics listener.
+async fn gauge(h: &Harness, name: &str) -> Option<f64> {
+    let url = format!("http://{}/metrics", h.server.metrics_addr.expect("metrics on"));
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
 }
 
 pub async fn info_headers_and_metrics(backend: Backend) {
