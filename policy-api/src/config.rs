@@ -19,6 +19,39 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A database URL, which may hold a password: `Debug` shows it with the password replaced.
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct DatabaseUrl(pub String);
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", redact_url(&self.0))
+    }
+}
+
+impl From<&str> for DatabaseUrl {
+    fn from(s: &str) -> Self {
+        DatabaseUrl(s.to_string())
+    }
+}
+
+/// `url` with its password, if any, replaced by `***`, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) if u.has_host() || !url.contains('@') => url.to_string(),
+        // Not a URL with a host (a typo such as a missing `//`): hide all before any `@`.
+        _ => match url.rfind('@') {
+            Some(at) => format!("***{}", &url[at..]),
+            None => url.to_string(),
+        },
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenVerification {
@@ -206,7 +239,7 @@ pub struct Config {
     /// management network.
     pub metrics_listen: Option<SocketAddr>,
     /// `sqlite://PATH?mode=rwc` (default), `postgres://user@host/db` or `mysql://user@host/db`.
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     pub database_max_connections: u32,
     pub database_connect_timeout_secs: u64,
     /// Bytes per tag: 2 (65,535 apps, the VXLAN GBP maximum) or 1 (255 apps).
@@ -250,7 +283,7 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 4002)),
             tls: None,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 31821))),
-            database_url: "sqlite:///var/vcap/store/c2c/policy-server.db?mode=rwc".into(),
+            database_url: DatabaseUrl("sqlite:///var/vcap/store/c2c/policy-server.db?mode=rwc".into()),
             database_max_connections: 20,
             database_connect_timeout_secs: 30,
             tag_length: 2,
@@ -378,6 +411,12 @@ mod tests {
     fn secrets_do_not_print() {
         let mut c = Config::default();
         c.uaa.client_secret = Secret("hunter2".into());
-        assert!(!format!("{c:?}").contains("hunter2"));
+        c.database_url = "postgres://policy:s3cr3t@db.internal:5432/policy".into();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("postgres://policy:***@db.internal:5432/policy"), "{shown}");
+        assert_eq!(redact_url("mysql://root@127.0.0.1/x"), "mysql://root@127.0.0.1/x");
+        assert_eq!(redact_url("postgres:user:pw@host/db"), "***@host/db");
+        assert_eq!(redact_url("not a url, pw@host"), "***@host");
     }
 }

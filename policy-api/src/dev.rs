@@ -65,7 +65,7 @@ pub fn config_for_doubles(cf: &testkit::Cf, database_url: &str) -> Config {
     Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        database_url: database_url.to_string(),
+        database_url: database_url.into(),
         uaa: crate::config::UaaConfig {
             url: cf.uaa.url(),
             client_id: testkit::POLICY_SERVER_CLIENT.into(),

@@ -91,7 +91,7 @@ impl AppState {
     /// Builds the state and starts the snapshot loader (returned, to stop it on shutdown).
     pub async fn from_config(config: &Config) -> Result<(AppState, tokio::task::JoinHandle<()>), StartError> {
         let store = Store::connect(
-            &config.database_url,
+            &config.database_url.0,
             &StoreOptions {
                 max_connections: config.database_max_connections,
                 connect_timeout: Duration::from_secs(config.database_connect_timeout_secs),

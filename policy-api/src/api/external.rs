@@ -122,6 +122,9 @@ pub async fn create_policies(
     };
     let written = state.store.create(&policies, limits).await.map_err(|e| match e {
         StoreError::QuotaExceeded => ApiError::forbidden("policy quota exceeded"),
+        StoreError::CaseConflict { .. } | StoreError::TypeConflict { .. } => {
+            ApiError::new(StatusCode::CONFLICT, e.to_string())
+        }
         StoreError::TagBudget { .. } => {
             metrics::counter!("c2c_tag_budget_refusals_total").increment(1);
             tracing::warn!(userName = caller.display_name(), error = %e, "tag budget exceeded");

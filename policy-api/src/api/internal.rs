@@ -103,9 +103,21 @@ pub async fn create_tag(State(state): State<AppState>, body: Body) -> Result<Res
         Ok((gojson::string(gojson::get(obj, "id"), &at("id"))?, gojson::string(gojson::get(obj, "type"), &at("type"))?))
     };
     let (id, kind) = parse().map_err(|_| ApiError::bad_request("failed parsing request body"))?;
-    let tag = state.store.get_or_create_tag(&id, &kind).await.map_err(|e| {
-        tracing::error!(error = %e, "database create failed");
-        ApiError::internal("database create failed")
+    // Deviation: upstream tags an empty id too; a tag is for a named group.
+    if id.is_empty() || kind.is_empty() {
+        return Err(ApiError::bad_request("missing id or type"));
+    }
+    if let Some(why) = crate::ids::problem(&id).or(crate::ids::problem(&kind)) {
+        return Err(ApiError::bad_request(format!("invalid id or type: {why}")));
+    }
+    let tag = state.store.get_or_create_tag(&id, &kind).await.map_err(|e| match e {
+        StoreError::TypeConflict { .. } | StoreError::CaseConflict { .. } => {
+            ApiError::new(StatusCode::CONFLICT, e.to_string())
+        }
+        e => {
+            tracing::error!(error = %e, "database create failed");
+            ApiError::internal("database create failed")
+        }
     })?;
     state.snapshots.changed();
     Ok(json_body(StatusCode::OK, serde_json::to_vec(&tag).expect("JSON")))
@@ -114,12 +126,14 @@ pub async fn create_tag(State(state): State<AppState>, body: Body) -> Result<Res
 /// `GET .../security_groups?space_guids=a,b&limit=N&from=ID`.
 pub async fn security_groups(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
     let params = first_params(query.as_deref());
-    let from = match params.get("from") {
-        Some(v) => v.parse::<i64>().map_err(|_| ApiError::internal("invalid value for 'from' parameter"))?,
+    // Deviation: upstream answers 500 for a non-integer; it is the caller's mistake, so 400.
+    // An empty value means the parameter is absent.
+    let from = match params.get("from").filter(|v| !v.is_empty()) {
+        Some(v) => v.parse::<i64>().map_err(|_| ApiError::bad_request("invalid value for 'from' parameter"))?,
         None => 0,
     };
-    let limit = match params.get("limit") {
-        Some(v) => v.parse::<usize>().map_err(|_| ApiError::internal("invalid value for 'limit' parameter"))?,
+    let limit = match params.get("limit").filter(|v| !v.is_empty()) {
+        Some(v) => v.parse::<usize>().map_err(|_| ApiError::bad_request("invalid value for 'limit' parameter"))?,
         None => 0,
     };
     let spaces: Vec<String> = params

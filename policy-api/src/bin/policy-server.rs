@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use policy_api::Server;
 use policy_api::config::{Config, LogFormat, Secret, TokenVerification};
 
@@ -49,6 +49,8 @@ struct Args {
     metrics_listen: Option<SocketAddr>,
 
     /// Database URL: sqlite://PATH?mode=rwc, postgres://USER@HOST/DB or mysql://USER@HOST/DB.
+    /// A URL with a password is refused on the command line (ps shows it): use the
+    /// environment variable or the config file.
     #[arg(long, env = "C2C_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
 
@@ -56,7 +58,8 @@ struct Args {
     #[arg(long, env = "C2C_UAA_URL")]
     uaa_url: Option<String>,
 
-    /// The server's UAA client secret (prefer the environment variable to the flag).
+    /// The server's UAA client secret: the environment variable or the config file only (the
+    /// flag is refused, as ps would show it).
     #[arg(long, env = "C2C_UAA_CLIENT_SECRET", hide_env_values = true)]
     uaa_client_secret: Option<String>,
 
@@ -88,7 +91,7 @@ fn apply(args: &Args, config: &mut Config) {
         config.metrics_listen = Some(v);
     }
     if let Some(v) = &args.database_url {
-        config.database_url = v.clone();
+        config.database_url = policy_api::config::DatabaseUrl(v.clone());
     }
     if let Some(v) = &args.uaa_url {
         config.uaa.url = v.clone();
@@ -120,6 +123,14 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// Whether a database URL carries a password (or might: anything unparseable with an `@`).
+fn url_has_password(url: &str) -> bool {
+    match url::Url::parse(url) {
+        Ok(u) => u.password().is_some(),
+        Err(_) => url.contains('@'),
+    }
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -131,7 +142,23 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Command lines are visible to every local user (`ps`): secrets come from the
+    // environment or the config file.
+    for (id, flag, env) in [
+        ("database_url", "--database-url", "C2C_DATABASE_URL"),
+        ("uaa_client_secret", "--uaa-client-secret", "C2C_UAA_CLIENT_SECRET"),
+    ] {
+        let on_command_line = matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        let secret = match id {
+            "database_url" => args.database_url.as_deref().is_some_and(|u| url_has_password(u)),
+            _ => true,
+        };
+        if on_command_line && secret {
+            anyhow::bail!("{flag} would show a secret to every local user (ps); set {env} or the config file instead");
+        }
+    }
     if args.print_default_config {
         print!("{}", Config::default_toml());
         return Ok(());

@@ -18,7 +18,9 @@ impl Store {
             .into_table(sync_locks::Entity)
             .columns([sync_locks::Column::Name, sync_locks::Column::Holder, sync_locks::Column::ExpiresAt])
             .values_panic([name.into(), "".into(), 0i64.into()])
-            .on_conflict(OnConflict::column(sync_locks::Column::Name).do_nothing().to_owned())
+            .on_conflict(
+                OnConflict::column(sync_locks::Column::Name).do_nothing_on([sync_locks::Column::Name]).to_owned(),
+            )
             .to_owned();
         self.db.execute(&insert).await?;
         let update = Query::update()

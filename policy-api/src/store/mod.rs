@@ -48,6 +48,10 @@ pub enum StoreError {
         "this request would tag {wanted} new apps, but this caller may tag only {left} more this hour; try again later or ask an admin"
     )]
     TagBudget { wanted: u64, left: u64 },
+    #[error(
+        "id {requested:?} differs only in case from the existing {existing:?}, and this database (MySQL/MariaDB) compares ids without case; use the existing id"
+    )]
+    CaseConflict { requested: String, existing: String },
     #[error("group {guid} exists with type {kind}; a policy needs an app group")]
     TypeConflict { guid: String, kind: String },
     #[error(
@@ -119,7 +123,7 @@ impl Store {
         }
         let memory = url.starts_with("sqlite::memory:") || url.contains("mode=memory");
         if !(url.starts_with("sqlite:") || url.starts_with("postgres") || url.starts_with("mysql:")) {
-            return Err(StoreError::UnsupportedUrl(url.to_string()));
+            return Err(StoreError::UnsupportedUrl(crate::config::redact_url(url)));
         }
         if let Some(path) = sqlite_path(url) {
             create_private(&path)?;

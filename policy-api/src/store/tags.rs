@@ -34,6 +34,7 @@ struct MaxIdRow {
 #[derive(FromQueryResult)]
 struct GroupKindRow {
     id: i32,
+    guid: Option<String>,
     kind: Option<String>,
 }
 
@@ -89,13 +90,17 @@ impl Store {
             lock_writers(&txn).await?;
             // `kind` is the `type` column (upstream's name): read it under the row's name.
             let find = Query::select()
-                .column(groups::Column::Id)
+                .columns([groups::Column::Id, groups::Column::Guid])
                 .expr_as(Expr::col(groups::Column::Kind), Alias::new("kind"))
                 .from(groups::Entity)
                 .and_where(Expr::col(groups::Column::Guid).eq(guid))
                 .to_owned();
             let id = match fetch_one::<GroupKindRow, _>(&txn, &find).await? {
                 Some(row) => {
+                    if row.guid.as_deref() != Some(guid) {
+                        let existing = row.guid.unwrap_or_default();
+                        return Err(StoreError::CaseConflict { requested: guid.into(), existing });
+                    }
                     if row.kind.as_deref() != Some(kind) {
                         return Err(StoreError::TypeConflict { guid: guid.into(), kind: row.kind.unwrap_or_default() });
                     }
@@ -159,11 +164,13 @@ impl Store {
         let mut out = Vec::new();
         for chunk in guids.chunks(CHUNK) {
             let stmt = Query::select()
-                .column(groups::Column::Id)
+                .columns([groups::Column::Id, groups::Column::Guid, groups::Column::Kind])
                 .from(groups::Entity)
                 .and_where(Expr::col(groups::Column::Guid).is_in(chunk.iter().cloned()))
                 .to_owned();
-            out.extend(fetch::<IdRow, _>(&self.db, &stmt).await?.into_iter().map(|r| r.id));
+            // Exact matches only (MySQL/MariaDB would also return other cases of an id).
+            let rows = fetch::<groups::Model, _>(&self.db, &stmt).await?;
+            out.extend(rows.into_iter().filter(|r| r.guid.as_ref().is_some_and(|g| chunk.contains(g))).map(|r| r.id));
         }
         Ok(out)
     }
@@ -206,6 +213,15 @@ pub(super) async fn group_ids(
             .to_owned();
         for row in fetch::<groups::Model, _>(txn, &stmt).await? {
             let Some(guid) = row.guid else { continue };
+            // MySQL/MariaDB compare case-insensitively: a row may answer for another case of
+            // the id. It is not that id; creating it would only collide with the row.
+            if !chunk.contains(&guid.as_str()) {
+                if app_only {
+                    let requested = chunk.iter().find(|g| g.eq_ignore_ascii_case(&guid)).unwrap_or(&"").to_string();
+                    return Err(StoreError::CaseConflict { requested, existing: guid });
+                }
+                continue;
+            }
             if app_only && row.kind.as_deref() != Some("app") {
                 return Err(StoreError::TypeConflict { guid, kind: row.kind.unwrap_or_default() });
             }

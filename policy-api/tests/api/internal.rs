@@ -158,14 +158,43 @@ pub async fn tags_for_other_groups(backend: Backend) {
         .create_tag(&types::TagRequest { id: Some("router-guid".into()), type_: Some("other".into()) })
         .await
         .unwrap_err();
-    assert_eq!((error_status(&err), error_message(&err)), (Some(500), Some("database create failed")));
+    assert_eq!(error_status(&err), Some(409));
+    assert_eq!(error_message(&err), Some("group router-guid exists with type router; a policy needs an app group"));
     let (status, body, _) = h.raw(&cell, "PUT", "/networking/v1/internal/tags", b"{nope".to_vec()).await;
     assert_eq!((status, body.as_str()), (400, r#"{"error": "failed parsing request body"}"#));
+    // Empty ids or types, and ids that would split, get no tag.
+    for bad in [
+        r#"{"id":"","type":null}"#,
+        r#"{"id":"x","type":""}"#,
+        r#"{"id":"a,b","type":"router"}"#,
+        r#"{"id":"a b","type":"router"}"#,
+    ] {
+        let (status, _, _) = h.raw(&cell, "PUT", "/networking/v1/internal/tags", bad.as_bytes().to_vec()).await;
+        assert_eq!(status, 400, "{bad}");
+    }
+    // Another case of the id: the same group where the database ignores case (409 instead of
+    // a retried collision and a 500), another group elsewhere.
+    let upper =
+        cell.create_tag(&types::TagRequest { id: Some("ROUTER-GUID".into()), type_: Some("router".into()) }).await;
+    match backend {
+        Backend::Mysql => {
+            let err = upper.unwrap_err();
+            assert_eq!(error_status(&err), Some(409));
+            assert!(error_message(&err).unwrap().contains("differs only in case"), "{err:?}");
+            let err = h
+                .admin()
+                .create_policies(&Policies { policies: vec![p("Router-Guid", "app-1", 1)] })
+                .await
+                .unwrap_err();
+            assert_eq!(error_status(&err), Some(409), "{err:?}");
+        }
+        _ => assert_eq!(upper.unwrap().into_inner().tag, "02"),
+    }
     // Shown on the external tags listing; an app policy with that id is a conflict.
     let tags = h.admin().list_tags().await.unwrap().into_inner().tags;
-    assert_eq!(tags.len(), 1);
+    assert_eq!(tags.len(), if backend == Backend::Mysql { 1 } else { 2 });
     let err = h.admin().create_policies(&Policies { policies: vec![p("router-guid", "app-1", 1)] }).await.unwrap_err();
-    assert_eq!(error_status(&err), Some(500));
+    assert_eq!(error_status(&err), Some(409));
 }
 
 pub async fn security_groups_are_synced_and_paged(backend: Backend) {
@@ -208,7 +237,11 @@ pub async fn security_groups_are_synced_and_paged(backend: Backend) {
         cell.internal_security_groups(Some(&next), Some("2"), Some("space-1,space-2")).await.unwrap().into_inner();
     assert_eq!((rest.security_groups.len(), rest.next), (1, 0));
     let err = cell.internal_security_groups(Some("x"), None, None).await.unwrap_err();
-    assert_eq!(error_message(&err), Some("invalid value for 'from' parameter"));
+    assert_eq!((error_status(&err), error_message(&err)), (Some(400), Some("invalid value for 'from' parameter")));
+    let err = cell.internal_security_groups(None, Some("-1"), None).await.unwrap_err();
+    assert_eq!((error_status(&err), error_message(&err)), (Some(400), Some("invalid value for 'limit' parameter")));
+    let empty = cell.internal_security_groups(Some(""), Some(""), Some("space-1,space-2")).await.unwrap().into_inner();
+    assert_eq!(empty.security_groups.len(), 3, "empty values mean absent");
     // Deletions in Cloud Controller are mirrored.
     h.cf.cc.delete_security_group("sg-3");
     eventually("the deletion", || async {

@@ -179,6 +179,42 @@ async fn requests_beyond_the_cap_are_shed() {
     }
 }
 
+/// A database password never shows: not in `ps` (the flag is refused), not in errors.
+#[test]
+fn database_passwords_stay_secret() {
+    use std::process::Command;
+    let url = "postgres://policy:s3cr3t@127.0.0.1:1/policy";
+    let bin = env!("CARGO_BIN_EXE_policy-server");
+    let out = Command::new(bin).args(["--database-url", url]).env_remove("C2C_DATABASE_URL").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("set C2C_DATABASE_URL"), "{err}");
+    assert!(!err.contains("s3cr3t"), "{err}");
+    let out = Command::new(bin).args(["--uaa-client-secret", "hunter2"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("set C2C_UAA_CLIENT_SECRET"));
+
+    // From the environment it is taken, and the failure to connect does not print it.
+    let dir = std::env::temp_dir().join(harness::unique_name());
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("c2c.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndatabase_connect_timeout_secs = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .env("C2C_DATABASE_URL", url)
+        .env("C2C_LOG_FORMAT", "text")
+        .output()
+        .unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "nothing listens on port 1: {all}");
+    assert!(!all.contains("s3cr3t"), "{all}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn es256_tokens_are_accepted() {
     let cf = testkit::Cf::start_with(testkit::SigningAlg::Es256).await.unwrap();
