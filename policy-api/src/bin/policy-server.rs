@@ -152,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
     ] {
         let on_command_line = matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
         let secret = match id {
-            "database_url" => args.database_url.as_deref().is_some_and(|u| url_has_password(u)),
+            "database_url" => args.database_url.as_deref().is_some_and(url_has_password),
             _ => true,
         };
         if on_command_line && secret {
