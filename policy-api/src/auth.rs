@@ -102,42 +102,76 @@ pub struct JwksVerifier {
     http: reqwest::Client,
     token_keys_url: String,
     issuer: String,
-    keys: RwLock<HashMap<String, Arc<CachedKey>>>,
+    /// The keys and when they were fetched.
+    keys: RwLock<(HashMap<String, Arc<CachedKey>>, Option<Instant>)>,
     last_fetch: Mutex<Option<Instant>>,
     min_refetch: Duration,
+    key_ttl: Duration,
+    audience: Option<String>,
+}
+
+/// How the JWT verifier treats UAA's keys and tokens' audiences.
+#[derive(Debug, Clone)]
+pub struct JwksSettings {
+    /// Rate limit of fetches caused by unknown `kid`s.
+    pub min_refetch: Duration,
+    /// Keys older than this are fetched again, so a key withdrawn from UAA stops working.
+    pub key_ttl: Duration,
+    /// When set, tokens must name it in `aud`.
+    pub audience: Option<String>,
 }
 
 impl JwksVerifier {
-    /// `min_refetch` rate-limits key fetches caused by unknown `kid`s, so a flood of tokens
-    /// with made-up kids cannot turn into a flood of requests to UAA.
-    pub fn new(http: reqwest::Client, uaa_url: &str, issuer: &str, min_refetch: Duration) -> Self {
+    /// `settings.min_refetch` rate-limits key fetches caused by unknown `kid`s, so a flood of
+    /// tokens with made-up kids cannot turn into a flood of requests to UAA.
+    pub fn new(http: reqwest::Client, uaa_url: &str, issuer: &str, settings: JwksSettings) -> Self {
         JwksVerifier {
             http,
             token_keys_url: format!("{}/token_keys", uaa_url.trim_end_matches('/')),
             issuer: issuer.to_string(),
-            keys: RwLock::new(HashMap::new()),
+            keys: RwLock::new((HashMap::new(), None)),
             last_fetch: Mutex::new(None),
-            min_refetch,
+            min_refetch: settings.min_refetch,
+            key_ttl: settings.key_ttl,
+            audience: settings.audience,
         }
     }
 
+    /// The cached key `kid` while the cache is fresh; otherwise after a fetch (rate-limited).
+    /// When UAA cannot be reached for a refresh, the keys it last published keep working.
     async fn key(&self, kid: &str) -> Result<Arc<CachedKey>, AuthError> {
-        if let Some(k) = self.keys.read().await.get(kid) {
-            return Ok(k.clone());
+        let fresh = |fetched: Option<Instant>| fetched.is_some_and(|t| t.elapsed() < self.key_ttl);
+        {
+            let keys = self.keys.read().await;
+            if let Some(k) = keys.0.get(kid)
+                && fresh(keys.1)
+            {
+                return Ok(k.clone());
+            }
         }
         {
             let mut last = self.last_fetch.lock().await;
             // Another request may have fetched while this one waited for the lock.
-            if let Some(k) = self.keys.read().await.get(kid) {
-                return Ok(k.clone());
+            {
+                let keys = self.keys.read().await;
+                if let Some(k) = keys.0.get(kid)
+                    && fresh(keys.1)
+                {
+                    return Ok(k.clone());
+                }
             }
             let due = last.is_none_or(|t| t.elapsed() >= self.min_refetch);
             if due {
                 *last = Some(Instant::now());
-                self.fetch().await?;
+                if let Err(e) = self.fetch().await {
+                    if self.keys.read().await.0.is_empty() {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "refreshing UAA token keys failed; the last ones stay in use");
+                }
             }
         }
-        self.keys.read().await.get(kid).cloned().ok_or_else(|| AuthError::UnknownKey(kid.to_string()))
+        self.keys.read().await.0.get(kid).cloned().ok_or_else(|| AuthError::UnknownKey(kid.to_string()))
     }
 
     async fn fetch(&self) -> Result<(), AuthError> {
@@ -160,7 +194,7 @@ impl JwksVerifier {
             }
         }
         tracing::info!(keys = keys.len(), "fetched UAA token keys");
-        *self.keys.write().await = keys;
+        *self.keys.write().await = (keys, Some(Instant::now()));
         Ok(())
     }
 
@@ -177,7 +211,10 @@ impl JwksVerifier {
         let mut validation = Validation::new(key.alg);
         validation.set_issuer(&[&self.issuer]);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        validation.validate_aud = false;
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
         validation.leeway = 30;
         let data = jsonwebtoken::decode::<TokenClaims>(token, &key.key, &validation)
             .map_err(|e| AuthError::Rejected(e.to_string()))?;

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use serde::Deserialize;
-use tokio::sync::Mutex;
 
 /// Cloud Controller's `/v3/apps` answers at most this many guids per page in our requests.
 const CHUNK: usize = 100;
@@ -27,7 +26,7 @@ pub struct ClientToken {
     url: String,
     client_id: String,
     client_secret: String,
-    cached: Mutex<Option<(String, Instant, Vec<String>)>>,
+    cached: std::sync::Mutex<Option<(String, Instant, Vec<String>)>>,
 }
 
 #[derive(Deserialize)]
@@ -51,7 +50,7 @@ impl ClientToken {
             url: format!("{}/oauth/token", uaa_url.trim_end_matches('/')),
             client_id: client_id.to_string(),
             client_secret: client_secret.to_string(),
-            cached: Mutex::new(None),
+            cached: std::sync::Mutex::new(None),
         }
     }
 
@@ -60,9 +59,10 @@ impl ClientToken {
     }
 
     /// The token and its granted scopes.
+    /// No lock is held across the call to UAA: a slow UAA delays only the callers that need
+    /// a new token, and two of them may fetch one each.
     async fn current(&self) -> Result<(String, Vec<String>), CcError> {
-        let mut cached = self.cached.lock().await;
-        if let Some((token, until, scopes)) = cached.as_ref()
+        if let Some((token, until, scopes)) = self.cached.lock().expect("token cache lock").as_ref()
             && Instant::now() < *until
         {
             return Ok((token.clone(), scopes.clone()));
@@ -82,8 +82,14 @@ impl ClientToken {
         // Renew a minute early so a token never expires on its way to Cloud Controller.
         let lifetime = Duration::from_secs(answer.expires_in.saturating_sub(60));
         let scopes: Vec<String> = answer.scope.split_whitespace().map(str::to_string).collect();
-        *cached = Some((answer.access_token.clone(), Instant::now() + lifetime, scopes.clone()));
+        *self.cached.lock().expect("token cache lock") =
+            Some((answer.access_token.clone(), Instant::now() + lifetime, scopes.clone()));
         Ok((answer.access_token, scopes))
+    }
+
+    /// Forgets the cached token (Cloud Controller refused it: revoked, or UAA's keys rotated).
+    pub fn invalidate(&self) {
+        *self.cached.lock().expect("token cache lock") = None;
     }
 }
 
@@ -162,9 +168,10 @@ impl CloudController {
     /// GETs every page of a v3 listing. Only `next` links on our own Cloud Controller are
     /// followed.
     async fn all_pages<T: for<'de> Deserialize<'de>>(&self, first: String) -> Result<Vec<T>, CcError> {
-        let token = self.token.get().await?;
+        let mut token = self.token.get().await?;
         let mut url = first;
         let mut out = Vec::new();
+        let mut renewed = false;
         loop {
             let started = Instant::now();
             let resp = self
@@ -176,6 +183,13 @@ impl CloudController {
                 .map_err(|e| CcError::Request(e.to_string()))?;
             metrics::histogram!("c2c_cloud_controller_request_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
+            // A refused token is dropped and a new one tried once.
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED && !renewed {
+                self.token.invalidate();
+                token = self.token.get().await?;
+                renewed = true;
+                continue;
+            }
             if !resp.status().is_success() {
                 return Err(CcError::Request(format!("GET {} answered {}", path_of(&url), resp.status())));
             }

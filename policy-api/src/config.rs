@@ -89,6 +89,11 @@ pub struct UaaConfig {
     pub verification: TokenVerification,
     /// Least time between two `/token_keys` fetches caused by tokens with unknown key ids.
     pub key_refetch_min_interval_secs: u64,
+    /// UAA's keys are fetched again after this long, so a key withdrawn from UAA stops being
+    /// accepted (if UAA cannot be reached then, the last keys stay in use).
+    pub key_cache_ttl_secs: u64,
+    /// When set, tokens must carry this audience (`aud`), e.g. `network`.
+    pub audience: Option<String>,
     pub request_timeout_secs: u64,
 }
 
@@ -103,6 +108,8 @@ impl Default for UaaConfig {
             skip_tls_verify: false,
             verification: TokenVerification::Jwt,
             key_refetch_min_interval_secs: 30,
+            key_cache_ttl_secs: 600,
+            audience: None,
             request_timeout_secs: 10,
         }
     }

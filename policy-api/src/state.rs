@@ -111,7 +111,11 @@ impl AppState {
                 uaa_http.clone(),
                 &uaa.url,
                 &uaa.issuer(),
-                Duration::from_secs(uaa.key_refetch_min_interval_secs),
+                crate::auth::JwksSettings {
+                    min_refetch: Duration::from_secs(uaa.key_refetch_min_interval_secs),
+                    key_ttl: Duration::from_secs(uaa.key_cache_ttl_secs),
+                    audience: uaa.audience.clone(),
+                },
             ))),
             TokenVerification::CheckToken => Verifier::Introspection(Arc::new(Introspection::new(
                 uaa_http.clone(),

@@ -52,6 +52,8 @@ for_backends!(
     check_token_mode,
     key_rotation,
     unknown_kids_are_rate_limited,
+    withdrawn_keys_stop_working,
+    audiences_are_checked_when_configured,
     tags_are_unique_under_concurrency,
     replicas_migrate_together,
 );

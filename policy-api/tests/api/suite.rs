@@ -637,6 +637,40 @@ pub async fn key_rotation(backend: Backend) {
     assert_eq!(h.cf.uaa.token_keys_calls(), fetched + 1);
 }
 
+/// A key withdrawn from UAA stops being accepted once the key cache expires.
+pub async fn withdrawn_keys_stop_working(backend: Backend) {
+    let h = Harness::start_with(backend, |c| {
+        c.uaa.key_refetch_min_interval_secs = 0;
+        c.uaa.key_cache_ttl_secs = 1;
+    })
+    .await;
+    let old = h.cf.uaa.user_token("admin");
+    h.with_token(&old).list_tags().await.unwrap();
+    let one = body(vec![p(APP_1, APP_2, Protocol::Tcp, 1, 1)]);
+    h.client("alice").create_policies(&one).await.unwrap();
+    h.cf.uaa.rotate_key("key-2");
+    // The server's own Cloud Controller token was signed with the withdrawn key: Cloud
+    // Controller refuses it, and the server gets a new one at once.
+    h.client("alice").delete_policies(&one).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while h.with_token(&old).list_tags().await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the withdrawn key is still accepted after 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(error_status(&h.with_token(&old).list_tags().await.unwrap_err()), Some(401));
+    h.admin().list_tags().await.unwrap();
+}
+
+/// With `audience` set, a token must name it in `aud`.
+pub async fn audiences_are_checked_when_configured(backend: Backend) {
+    let h = Harness::start_with(backend, |c| c.uaa.audience = Some("network".into())).await;
+    h.admin().list_tags().await.unwrap();
+    let client = h.cf.uaa.client_token(testkit::POLICY_SERVER_CLIENT);
+    assert_eq!(error_status(&h.with_token(&client).list_tags().await.unwrap_err()), Some(401));
+    let h = Harness::start_with(backend, |c| c.uaa.audience = Some("another-service".into())).await;
+    assert_eq!(error_status(&h.admin().list_tags().await.unwrap_err()), Some(401));
+}
+
 pub async fn unknown_kids_are_rate_limited(backend: Backend) {
     let h = Harness::start(backend).await;
     h.admin().list_tags().await.unwrap();
