@@ -97,13 +97,15 @@ struct CachedKey {
     alg: Algorithm,
 }
 
+/// UAA's keys by `kid`, and when they were fetched.
+type KeyCache = (HashMap<String, Arc<CachedKey>>, Option<Instant>);
+
 /// Local verification against UAA's published keys.
 pub struct JwksVerifier {
     http: reqwest::Client,
     token_keys_url: String,
     issuer: String,
-    /// The keys and when they were fetched.
-    keys: RwLock<(HashMap<String, Arc<CachedKey>>, Option<Instant>)>,
+    keys: RwLock<KeyCache>,
     last_fetch: Mutex<Option<Instant>>,
     min_refetch: Duration,
     key_ttl: Duration,
