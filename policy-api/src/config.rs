@@ -160,6 +160,9 @@ pub struct LimitsConfig {
     pub max_concurrent_requests: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub max_streams_per_connection: u32,
+    /// Everything a request may take (watches excepted: they wait as asked), database calls
+    /// included; past it the answer is a 503 and nothing of the request is committed.
+    pub request_timeout_secs: u64,
     /// `/health`'s own deadline for its database check, so it cannot queue behind a busy
     /// connection pool.
     pub health_database_timeout_ms: u64,
@@ -173,6 +176,7 @@ impl Default for LimitsConfig {
             body_read_timeout_secs: 30,
             max_concurrent_requests: 20_000,
             max_streams_per_connection: 1_000,
+            request_timeout_secs: 15,
             health_database_timeout_ms: 2_000,
         }
     }
@@ -186,6 +190,7 @@ impl LimitsConfig {
             max_streams_per_connection: self.max_streams_per_connection,
             max_concurrent_requests: self.max_concurrent_requests,
             body_read_timeout: Duration::from_secs(self.body_read_timeout_secs),
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
         }
     }
 }
@@ -249,6 +254,8 @@ pub struct Config {
     pub database_url: DatabaseUrl,
     pub database_max_connections: u32,
     pub database_connect_timeout_secs: u64,
+    /// Longest a statement may run or wait for a lock on PostgreSQL and MySQL/MariaDB.
+    pub database_statement_timeout_secs: u64,
     /// Bytes per tag: 2 (65,535 apps, the VXLAN GBP maximum) or 1 (255 apps).
     pub tag_length: u8,
     /// Most policies one app may be the source of, for non-admins.
@@ -293,6 +300,7 @@ impl Default for Config {
             database_url: DatabaseUrl("sqlite:///var/vcap/store/c2c/policy-server.db?mode=rwc".into()),
             database_max_connections: 20,
             database_connect_timeout_secs: 30,
+            database_statement_timeout_secs: 10,
             tag_length: 2,
             max_policies_per_app_source: 150,
             max_new_apps_per_caller_per_hour: 1000,
@@ -351,6 +359,7 @@ impl Config {
             || l.max_concurrent_requests < 1
             || l.max_streams_per_connection < 1
             || l.health_database_timeout_ms < 1
+            || l.request_timeout_secs < 1
         {
             return bad("every [limits] value must be positive");
         }

@@ -41,6 +41,8 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     /// Time to send a request body, from the start of the request.
     pub body_read_timeout: Duration,
+    /// Everything a request may take, except a watch (`wait=`), which waits as asked.
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -51,6 +53,7 @@ impl Default for Limits {
             max_streams_per_connection: 1_000,
             max_concurrent_requests: 20_000,
             body_read_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -70,6 +73,7 @@ pub async fn serve(
     let acceptor = tls.map(|config| TlsAcceptor::from(Arc::new(config)));
     let in_progress = Arc::new(Semaphore::new(limits.max_concurrent_requests));
     let router = router
+        .layer(axum::middleware::from_fn_with_state(limits.request_timeout, request_deadline))
         .layer(axum::middleware::from_fn_with_state(limits.body_read_timeout, body_deadline))
         .layer(axum::middleware::from_fn_with_state(in_progress, request_slot));
     let graceful = GracefulShutdown::new();
@@ -182,6 +186,26 @@ async fn request_slot(State(slots): State<Arc<Semaphore>>, req: Request, next: N
             crate::api::error::ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many requests in progress on this listener; retry shortly",
+            )
+            .into_response()
+        }
+    }
+}
+
+/// Ends a request that takes longer than `timeout` (a database that stopped answering) with a
+/// 503. Dropping the handler drops its transaction uncommitted. Watches are exempt.
+async fn request_deadline(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+    if req.uri().query().is_some_and(|q| q.contains("wait=")) {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            metrics::counter!("c2c_requests_timed_out_total").increment(1);
+            tracing::error!(?timeout, "request timed out");
+            crate::api::error::ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the request did not finish in time (is the database reachable?); nothing was changed",
             )
             .into_response()
         }

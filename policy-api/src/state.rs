@@ -96,6 +96,7 @@ impl AppState {
                 max_connections: config.database_max_connections,
                 connect_timeout: Duration::from_secs(config.database_connect_timeout_secs),
                 tag_length: config.tag_length,
+                statement_timeout: Duration::from_secs(config.database_statement_timeout_secs),
             },
         )
         .await?;

@@ -6,6 +6,7 @@
 pub mod cloud_controller;
 pub mod keys;
 pub mod pki;
+pub mod proxy;
 pub mod server;
 pub mod uaa;
 

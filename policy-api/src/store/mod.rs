@@ -72,11 +72,19 @@ pub struct StoreOptions {
     pub max_connections: u32,
     pub connect_timeout: Duration,
     pub tag_length: u8,
+    /// Longest a statement may run, and wait for a lock, on the database server
+    /// (PostgreSQL, MySQL/MariaDB), so a stuck query frees its connection.
+    pub statement_timeout: Duration,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { max_connections: 20, connect_timeout: Duration::from_secs(30), tag_length: 2 }
+        StoreOptions {
+            max_connections: 20,
+            connect_timeout: Duration::from_secs(30),
+            tag_length: 2,
+            statement_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -142,6 +150,28 @@ impl Store {
                 o.busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true)
                     .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+            });
+        }
+        let timeout_ms = options.statement_timeout.as_millis().max(1).to_string();
+        if url.starts_with("postgres") {
+            let ms = timeout_ms.clone();
+            opts.map_sqlx_postgres_opts(move |o| {
+                o.options([("statement_timeout", ms.as_str()), ("lock_timeout", ms.as_str())])
+            });
+        }
+        if url.starts_with("mysql:") {
+            let secs = options.statement_timeout.as_secs().max(1);
+            opts.after_connect(move |conn| {
+                Box::pin(async move {
+                    conn.execute_unprepared(&format!("SET SESSION innodb_lock_wait_timeout = {secs}")).await?;
+                    // MariaDB's name, then MySQL's (which bounds SELECTs only); one of them fails.
+                    let mariadb = conn.execute_unprepared(&format!("SET SESSION max_statement_time = {secs}")).await;
+                    if mariadb.is_err() {
+                        let _ =
+                            conn.execute_unprepared(&format!("SET SESSION max_execution_time = {}", secs * 1000)).await;
+                    }
+                    Ok(())
+                })
             });
         }
         let db = Database::connect(opts).await?;

@@ -217,6 +217,47 @@ fn database_passwords_stay_secret() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The database stops answering (packets held by a proxy): requests fail within the request
+/// deadline with a JSON 503, nothing half-written stays, and the server recovers by itself
+/// once the database answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_fails_requests_cleanly() {
+    use policy_client::types::{Policies, Policy, Protocol};
+    use std::time::{Duration, Instant};
+    let upstream = url::Url::parse(&harness::postgres_admin_url()).unwrap();
+    let upstream_addr = format!("{}:{}", upstream.host_str().unwrap(), upstream.port().unwrap_or(5432));
+    let proxy = testkit::proxy::PausableProxy::start(upstream_addr.parse().unwrap()).await.unwrap();
+    let h = harness::Harness::start_with(harness::Backend::Postgres, |c| {
+        let mut url = url::Url::parse(&c.database_url.0).unwrap();
+        url.set_port(Some(proxy.addr.port())).unwrap();
+        c.database_url = url.as_str().into();
+        c.limits.request_timeout_secs = 2;
+    })
+    .await;
+    let admin = h.admin();
+    let one = |port| Policies { policies: vec![Policy::new("a", "b", Protocol::Tcp, port, port)] };
+    admin.create_policies(&one(1)).await.unwrap();
+
+    proxy.pause();
+    for attempt in [admin.create_policies(&one(2)).await.map(|_| ()), admin.list_tags().await.map(|_| ())] {
+        let err = attempt.unwrap_err();
+        assert_eq!(policy_client::error_status(&err), Some(503), "{err:?}");
+    }
+    proxy.resume();
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(30);
+    let listed = loop {
+        match admin.list_policies(None, None, None).await {
+            Ok(list) => break list.into_inner(),
+            Err(e) => assert!(Instant::now() < deadline, "not back 30 s after the database: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("answering again {:?} after the database came back", back.elapsed());
+    assert_eq!(listed.total_policies, 1, "the create that timed out left nothing behind");
+    admin.create_policies(&one(3)).await.unwrap();
+}
+
 #[tokio::test]
 async fn es256_tokens_are_accepted() {
     let cf = testkit::Cf::start_with(testkit::SigningAlg::Es256).await.unwrap();
