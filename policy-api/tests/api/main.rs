@@ -55,6 +55,7 @@ for_backends!(
     withdrawn_keys_stop_working,
     audiences_are_checked_when_configured,
     tags_are_unique_under_concurrency,
+    concurrent_clients_lose_nothing,
     replicas_migrate_together,
 );
 
