@@ -29,6 +29,7 @@ pub mod store;
 pub mod tag_budget;
 pub mod tls;
 pub mod uptime;
+pub mod write_batch;
 
 pub use api::router;
 pub use config::Config;

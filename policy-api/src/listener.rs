@@ -203,11 +203,7 @@ async fn request_deadline(State(timeout): State<Duration>, req: Request, next: N
         Err(_) => {
             metrics::counter!("c2c_requests_timed_out_total").increment(1);
             tracing::error!(?timeout, "request timed out");
-            crate::api::error::ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the request did not finish in time (is the database reachable?); nothing was changed",
-            )
-            .into_response()
+            crate::api::error::ApiError::timed_out().into_response()
         }
     }
 }

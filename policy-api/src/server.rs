@@ -66,7 +66,7 @@ impl Server {
             return Err(ServeError::InternalWithoutClientAuth);
         }
         let handle = prometheus();
-        let (state, loader) = AppState::from_config(config).await?;
+        let (state, workers) = AppState::from_config(config).await?;
         let (stop, stopped) = watch::channel(false);
         let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
         let mut tasks = Vec::new();
@@ -90,15 +90,13 @@ impl Server {
             tasks.push(serve(listener, None, api::metrics_router(handle)));
         }
 
-        let mut background = vec![
-            loader,
-            jobs::spawn_cleanup(
-                state.store.clone(),
-                state.cc.clone(),
-                config.cleanup_interval(),
-                config.cleanup_valve(),
-            ),
-        ];
+        let mut background = workers;
+        background.push(jobs::spawn_cleanup(
+            state.store.clone(),
+            state.cc.clone(),
+            config.cleanup_interval(),
+            config.cleanup_valve(),
+        ));
 
         let mut internal_addr = None;
         if let Some(files) = &config.internal.tls {

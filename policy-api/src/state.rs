@@ -32,6 +32,7 @@ pub struct InternalSettings {
 pub struct Inner {
     pub store: Store,
     pub snapshots: crate::snapshot::Snapshots,
+    pub writes: crate::write_batch::Writes,
     pub internal: InternalSettings,
     pub verifier: Verifier,
     pub cc: Arc<CloudController>,
@@ -88,8 +89,10 @@ pub fn http_client(
 }
 
 impl AppState {
-    /// Builds the state and starts the snapshot loader (returned, to stop it on shutdown).
-    pub async fn from_config(config: &Config) -> Result<(AppState, tokio::task::JoinHandle<()>), StartError> {
+    /// Builds the state and starts the snapshot loader (returned, to stop it on shutdown) and
+    /// the policy writer, which runs while any request can still send it a create and stops
+    /// once the state is dropped, so a shutdown finishes the creates in flight.
+    pub async fn from_config(config: &Config) -> Result<(AppState, Vec<tokio::task::JoinHandle<()>>), StartError> {
         let store = Store::connect(
             &config.database_url.0,
             &StoreOptions {
@@ -145,9 +148,14 @@ impl AppState {
         let (snapshots, loader) =
             crate::snapshot::Snapshots::start(store.clone(), Duration::from_millis(internal.snapshot_poll_interval_ms))
                 .await?;
+        // Three quarters of the request deadline: a write either commits before its request
+        // gives up, or not at all.
+        let write_deadline = Duration::from_secs(config.limits.request_timeout_secs) * 3 / 4;
+        let (writes, _writer) = crate::write_batch::Writes::start(store.clone(), snapshots.clone(), write_deadline);
         let state = AppState(Arc::new(Inner {
             store,
             snapshots,
+            writes,
             internal: InternalSettings {
                 pool,
                 lease_expiration: Duration::from_secs(internal.lease_expiration_secs),
@@ -168,6 +176,6 @@ impl AppState {
             },
             started: Instant::now(),
         }));
-        Ok((state, loader))
+        Ok((state, vec![loader]))
     }
 }

@@ -23,6 +23,15 @@ impl ApiError {
     pub fn forbidden(m: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, m)
     }
+    /// The request outlived its deadline (a database that stopped answering); nothing of it
+    /// was committed.
+    pub fn timed_out() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request did not finish in time (is the database reachable?); nothing was changed",
+        )
+    }
+
     pub fn internal(m: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, m)
     }

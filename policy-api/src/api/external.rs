@@ -120,8 +120,10 @@ pub async fn create_policies(
             max_new_tags: Some(held.remaining()),
         },
     };
-    let written = state.store.create(&policies, limits).await.map_err(|e| match e {
+    let count = policies.len();
+    let written = state.writes.create(policies, limits).await.map_err(|e| match e {
         StoreError::QuotaExceeded => ApiError::forbidden("policy quota exceeded"),
+        StoreError::Deadline(_) => ApiError::timed_out(),
         StoreError::CaseConflict { .. } | StoreError::TypeConflict { .. } => {
             ApiError::new(StatusCode::CONFLICT, e.to_string())
         }
@@ -139,9 +141,7 @@ pub async fn create_policies(
         held.spend(written.new_tags);
     }
     drop(budget);
-    state.snapshots.written(&written);
-    tracing::info!(policies = policies.len(), userName = caller.display_name(), "created-policies");
-    tracing::debug!(policies = ?policies, "created-policies");
+    tracing::info!(policies = count, userName = caller.display_name(), "created-policies");
     Ok(empty_ok())
 }
 

@@ -44,6 +44,10 @@ pub enum StoreError {
     TagsExhausted(usize),
     #[error("policy quota exceeded")]
     QuotaExceeded,
+    #[error("the policy writer has stopped (the server is shutting down)")]
+    Stopped,
+    #[error("the database did not finish the write within {0:?}; nothing was committed")]
+    Deadline(Duration),
     #[error(
         "this request would tag {wanted} new apps, but this caller may tag only {left} more this hour; try again later or ask an admin"
     )]

@@ -60,6 +60,75 @@ impl Store {
         .await
     }
 
+    /// Creates the policies of several requests in one transaction, each request within its
+    /// own limits, checked in order as if the requests had run one after the other (a
+    /// policy asked for twice counts twice towards a quota, so the batch errs on the strict
+    /// side). Returns the write and, per request, the tags it allocated or why it was
+    /// refused. Any other error fails the whole batch; the caller then runs the requests
+    /// one by one.
+    pub async fn create_batch(
+        &self,
+        requests: &[(Vec<Policy>, CreateLimits)],
+    ) -> Result<(Written, Vec<Result<u64, StoreError>>), StoreError> {
+        self.retrying("create", || async {
+            let txn = self.db.begin().await?;
+            bump(&txn).await?;
+            let limited: Vec<&Policy> =
+                requests.iter().filter(|(_, l)| l.max_per_source.is_some()).flat_map(|(p, _)| p).collect();
+            let mut counts = if limited.is_empty() {
+                HashMap::new()
+            } else {
+                count_by_source(&txn, &crate::policy::apps_of(limited.iter().copied())).await?
+            };
+            let mut order: Vec<&str> = Vec::new();
+            let mut seen: HashSet<&str> = HashSet::new();
+            for p in requests.iter().flat_map(|(p, _)| p) {
+                for guid in [p.source.as_str(), p.destination.as_str()] {
+                    if seen.insert(guid) {
+                        order.push(guid);
+                    }
+                }
+            }
+            let tagged_already = group_ids(&txn, &order, true).await?;
+            let mut claimed: HashSet<&str> = HashSet::new();
+            let mut outcomes = Vec::with_capacity(requests.len());
+            let mut accepted: Vec<Policy> = Vec::new();
+            for (policies, limits) in requests {
+                if let Some(max) = limits.max_per_source
+                    && crate::quota::exceeded(&counts, policies, max)
+                {
+                    outcomes.push(Err(StoreError::QuotaExceeded));
+                    continue;
+                }
+                let mut new: Vec<&str> = Vec::new();
+                for p in policies {
+                    for guid in [p.source.as_str(), p.destination.as_str()] {
+                        if !tagged_already.contains_key(guid) && !claimed.contains(guid) && !new.contains(&guid) {
+                            new.push(guid);
+                        }
+                    }
+                }
+                if let Some(left) = limits.max_new_tags
+                    && new.len() as u64 > left
+                {
+                    outcomes.push(Err(StoreError::TagBudget { wanted: new.len() as u64, left }));
+                    continue;
+                }
+                for p in policies {
+                    *counts.entry(p.source.clone()).or_insert(0) += 1;
+                }
+                claimed.extend(new.iter().copied());
+                outcomes.push(Ok(new.len() as u64));
+                accepted.extend(policies.iter().cloned());
+            }
+            let (tagged, new_tags) = self.create_in(&txn, &accepted, None).await?;
+            let (version, last_updated_ns) = version_in(&txn).await?;
+            txn.commit().await?;
+            Ok((Written { version, last_updated_ns, new_tags, change: PolicyChange::Created(tagged) }, outcomes))
+        })
+        .await
+    }
+
     /// Deletes the policies that exist, all in one transaction; frees tags no policy uses.
     pub async fn delete(&self, policies: &[Policy]) -> Result<Written, StoreError> {
         self.retrying("delete", || async {
