@@ -18,8 +18,11 @@ use policy_client::{Client, ClientInfo};
 
 #[path = "support/databases.rs"]
 mod databases;
+#[path = "support/load.rs"]
+mod load;
 #[path = "support/stats.rs"]
 mod stats;
+use load::load;
 use stats::{ms, percentile};
 
 const STORED: usize = 10_000;
@@ -90,31 +93,20 @@ async fn run(name: &str, database_url: String) {
     );
 
     // One app by id, 8 clients at once.
-    let t = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..8 {
+    let (rate, lat) = load(8, 2_000, {
         let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            for i in 0..250 {
-                let id = format!("dst-{}", (w * 250 + i) % 100);
-                let t = Instant::now();
+        move |i| {
+            let client = client.clone();
+            async move {
+                let id = format!("dst-{}", i % 100);
                 let list = client.list_policies(None, Some(&id), None).await.unwrap().into_inner();
-                lat.push(t.elapsed());
                 assert_eq!(list.total_policies, 100);
             }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for task in tasks {
-        lat.extend(task.await.unwrap());
-    }
-    let wall = t.elapsed();
-    lat.sort();
+        }
+    })
+    .await;
     println!(
-        "GET ?id=<one app> (100 policies each), 8 clients: {:.0} req/s, p50 {} p99 {}",
-        lat.len() as f64 / wall.as_secs_f64(),
+        "GET ?id=<one app> (100 policies each), 8 clients: {rate:.0} req/s, p50 {} p99 {}",
         ms(percentile(&lat, 0.5)),
         ms(percentile(&lat, 0.99))
     );

@@ -226,10 +226,5 @@ async fn run(name: &str, database_url: String) {
 
 #[tokio::main]
 async fn main() {
-    let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    if which.iter().any(|w| w == "sqlite") {
-        databases::on_sqlite(|url| run("SQLite (file, WAL)", url)).await;
-    } else {
-        databases::on_postgres(|url| run("PostgreSQL", url)).await;
-    }
+    databases::on_the_asked_one(run).await;
 }

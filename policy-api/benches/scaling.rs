@@ -11,8 +11,6 @@
 //! C2C_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/postgres); a scratch
 //! database is created and dropped.
 
-use std::time::{Duration, Instant};
-
 use policy_api::Server;
 use policy_api::config::Config;
 use policy_client::types::{Policies, Policy, Protocol};
@@ -20,8 +18,11 @@ use policy_client::{Client, ClientInfo};
 
 #[path = "support/databases.rs"]
 mod databases;
+#[path = "support/load.rs"]
+mod load;
 #[path = "support/stats.rs"]
 mod stats;
+use load::load;
 use stats::{ms, percentile};
 
 const APPS: usize = 20_000;
@@ -65,36 +66,6 @@ fn start_server(database_url: String) -> (String, String, std::sync::mpsc::Sende
     (url, token, stop_tx, thread)
 }
 
-/// `requests` calls of `op` spread over `clients` concurrent clients: requests per second
-/// and the median latency.
-async fn load<F, Fut>(clients: usize, requests: usize, op: F) -> (f64, Duration)
-where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let op = op.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            for i in (c..requests).step_by(clients) {
-                let t = Instant::now();
-                op(i).await;
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    let wall = started.elapsed();
-    lat.sort();
-    (lat.len() as f64 / wall.as_secs_f64(), percentile(&lat, 0.5))
-}
-
 /// One new policy per request, the `i`th after `base`.
 fn single_creates(client: &Client, base: usize) -> impl Fn(usize) -> BoxedUnit + Clone + Send + 'static {
     let client = client.clone();
@@ -125,11 +96,11 @@ async fn run(name: &str, database_url: String) {
             client.create_policies(&Policies { policies: chunk }).await.expect("seed");
             seeded = end;
         }
-        let (one_rate, one_p50) = load(1, 300, single_creates(&client, next_single)).await;
-        let (many_rate, many_p50) = load(16, 2_000, single_creates(&client, next_single + 300)).await;
+        let (one_rate, one_lat) = load(1, 300, single_creates(&client, next_single)).await;
+        let (many_rate, many_lat) = load(16, 2_000, single_creates(&client, next_single + 300)).await;
         next_single += 2_300;
         let list_url = format!("{url}/networking/v1/external/policies");
-        let (list_rate, list_p50) = load(1, 20, {
+        let (list_rate, list_lat) = load(1, 20, {
             let client = client.clone();
             move |_| {
                 let (client, list_url) = (client.clone(), list_url.clone());
@@ -140,7 +111,7 @@ async fn run(name: &str, database_url: String) {
             }
         })
         .await;
-        let (id_rate, id_p50) = load(16, 4_000, {
+        let (id_rate, id_lat) = load(16, 4_000, {
             let client = client.clone();
             move |i| {
                 let client = client.clone();
@@ -157,10 +128,10 @@ async fn run(name: &str, database_url: String) {
         println!(
             "| {size} (+{}) | {one_rate:.0} req/s, p50 {} | {many_rate:.0} req/s, p50 {} | {list_rate:.1} req/s, p50 {} | {id_rate:.0} req/s, p50 {} |",
             stored_now as usize - size,
-            ms(one_p50),
-            ms(many_p50),
-            ms(list_p50),
-            ms(id_p50)
+            ms(percentile(&one_lat, 0.5)),
+            ms(percentile(&many_lat, 0.5)),
+            ms(percentile(&list_lat, 0.5)),
+            ms(percentile(&id_lat, 0.5))
         );
     }
     drop(stop);
@@ -170,10 +141,5 @@ async fn run(name: &str, database_url: String) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
-    let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    if which.iter().any(|w| w == "sqlite") {
-        databases::on_sqlite(|url| run("SQLite (file, WAL)", url)).await;
-    } else {
-        databases::on_postgres(|url| run("PostgreSQL", url)).await;
-    }
+    databases::on_the_asked_one(run).await;
 }

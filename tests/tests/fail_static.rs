@@ -4,7 +4,7 @@
 //! the policies it last had for containers added meanwhile. Needs root and nft.
 
 use harness::cell::{CellAgent, CellOptions};
-use harness::lab::{Netns, eventually, require_root, require_tool, vtep_routes};
+use harness::lab::{Netns, eventually, require_root, require_tool};
 use harness::probes::exchange;
 use harness::world::World;
 use policy_client::types::{Policy, Protocol};
@@ -24,15 +24,13 @@ fn a_corrupt_container_store_keeps_the_last_good_ruleset() {
     require_root();
     require_tool("nft", "nftables");
     let w = World::new(2, "c2c-fail-static");
-    let (f, dir, ca) = (&w.fabric, &w.dir, &w.ca);
+    let f = &w.fabric;
     let (cell1, cell2) = (&f.cells[0], &f.cells[1]);
     let cp = w.control_plane();
     let options = CellOptions::default();
-    let a1 = CellAgent::start(cell1, 1, &cp.url(), ca, &dir.join("cell1"), &options).unwrap();
-    let a2 = CellAgent::start(cell2, 2, &cp.url(), ca, &dir.join("cell2"), &options).unwrap();
-    eventually("both cells know each other", || {
-        vtep_routes(cell1, "c2c-vtep") == 1 && vtep_routes(cell2, "c2c-vtep") == 1
-    });
+    let a1 = w.agent(1, &cp, &options);
+    let a2 = w.agent(2, &cp, &options);
+    w.overlay_ready();
     let (a_ns, b_ns, c_ns) = (Netns::new("a"), Netns::new("b"), Netns::new("c"));
     a1.add(cell1, "a", &a_ns, "app-a").unwrap();
     let b = a2.add(cell2, "b", &b_ns, "app-b").unwrap();
@@ -80,11 +78,9 @@ fn a_restart_without_the_control_plane_enforces_the_saved_policies() {
     let cp = w.control_plane();
     let url = cp.url();
     let options = CellOptions::default();
-    let a1 = CellAgent::start(cell1, 1, &url, ca, &dir.join("cell1"), &options).unwrap();
-    let a2 = CellAgent::start(cell2, 2, &url, ca, &dir.join("cell2"), &options).unwrap();
-    eventually("both cells know each other", || {
-        vtep_routes(cell1, "c2c-vtep") == 1 && vtep_routes(cell2, "c2c-vtep") == 1
-    });
+    let a1 = w.agent(1, &cp, &options);
+    let a2 = w.agent(2, &cp, &options);
+    w.overlay_ready();
     let (a_ns, b_ns) = (Netns::new("a"), Netns::new("b"));
     a1.add(cell1, "a", &a_ns, "app-a").unwrap();
     let b = a2.add(cell2, "b", &b_ns, "app-b").unwrap();

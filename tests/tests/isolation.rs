@@ -8,8 +8,8 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use harness::cell::{CellAgent, CellOptions};
-use harness::lab::{Netns, attach, eventually, require_root, require_tool, vtep_routes};
+use harness::cell::CellOptions;
+use harness::lab::{Netns, attach, eventually, require_root, require_tool};
 use harness::probes::{TcpServer, connects, exchange};
 use harness::world::World;
 use netagent::config::Enforcement;
@@ -81,18 +81,16 @@ fn isolation(enforcement: Enforcement) {
     require_tool("nft", "nftables");
     require_tool("python3", "python3");
     let w = World::new(2, "c2c-isolation");
-    let (f, _ctl, dir, ca) = (&w.fabric, &w.ctl, &w.dir, &w.ca);
+    let f = &w.fabric;
     let (cell1, cell2) = (&f.cells[0], &f.cells[1]);
     // A host on the underlay (where the router and other cells are).
     let outside = Netns::new("outside");
     attach(&f.switch, &outside, 200);
     let cp = w.control_plane();
     let options = CellOptions { enforcement, ..CellOptions::default() };
-    let a1 = CellAgent::start(cell1, 1, &cp.url(), ca, &dir.join("cell1"), &options).unwrap();
-    let a2 = CellAgent::start(cell2, 2, &cp.url(), ca, &dir.join("cell2"), &options).unwrap();
-    eventually("both cells know each other", || {
-        vtep_routes(cell1, "c2c-vtep") == 1 && vtep_routes(cell2, "c2c-vtep") == 1
-    });
+    let a1 = w.agent(1, &cp, &options);
+    let a2 = w.agent(2, &cp, &options);
+    w.overlay_ready();
 
     // S may reach V (app-v, on both cells); X has no policy at all.
     let (s_ns, x_ns, v1_ns, v2_ns) = (Netns::new("s"), Netns::new("x"), Netns::new("v1"), Netns::new("v2"));

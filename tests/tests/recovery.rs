@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use harness::cell::{CellAgent, CellOptions};
+use harness::cell::CellOptions;
 use harness::control_plane::ControlPlane;
-use harness::lab::{Netns, eventually, require_root, require_tool, vtep_routes};
+use harness::lab::{Netns, eventually, require_root, require_tool};
 use harness::probes::{TcpServer, connects};
 use harness::world::World;
 use policy_client::types::{Policy, Protocol};
@@ -21,13 +21,11 @@ fn cells_are_current_moments_after_the_control_plane_returns() {
     let (f, ctl, dir, ca) = (&w.fabric, &w.ctl, &w.dir, &w.ca);
     let (cell1, cell2) = (&f.cells[0], &f.cells[1]);
     let cp = w.control_plane();
-    let (url, port) = (cp.url(), cp.port);
+    let port = cp.port;
     let options = CellOptions::default();
-    let a1 = CellAgent::start(cell1, 1, &url, ca, &dir.join("cell1"), &options).unwrap();
-    let a2 = CellAgent::start(cell2, 2, &url, ca, &dir.join("cell2"), &options).unwrap();
-    eventually("both cells know each other", || {
-        vtep_routes(cell1, "c2c-vtep") == 1 && vtep_routes(cell2, "c2c-vtep") == 1
-    });
+    let a1 = w.agent(1, &cp, &options);
+    let a2 = w.agent(2, &cp, &options);
+    w.overlay_ready();
     let (a_ns, b_ns) = (Netns::new("a"), Netns::new("b"));
     a1.add(cell1, "a", &a_ns, "app-a").unwrap();
     let b = a2.add(cell2, "b", &b_ns, "app-b").unwrap();

@@ -2,6 +2,18 @@
 
 use std::future::Future;
 
+/// Runs `run` on SQLite when the command line says `sqlite`, else on PostgreSQL.
+// Each benchmark compiles this file on its own; `api_load` runs both databases instead.
+#[allow(dead_code)]
+pub async fn on_the_asked_one<Fut: Future<Output = ()>>(run: impl FnOnce(&'static str, String) -> Fut) {
+    let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    if which.iter().any(|w| w == "sqlite") {
+        on_sqlite(|url| run("SQLite (file, WAL)", url)).await;
+    } else {
+        on_postgres(|url| run("PostgreSQL", url)).await;
+    }
+}
+
 use sea_orm::sqlx::{self, Connection, Executor};
 
 /// Runs `run` with the URL of a fresh SQLite file (WAL).
