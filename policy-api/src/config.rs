@@ -19,38 +19,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A database URL, which may hold a password: `Debug` shows it with the password replaced.
-#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct DatabaseUrl(pub String);
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", redact_url(&self.0))
-    }
-}
-
-impl From<&str> for DatabaseUrl {
-    fn from(s: &str) -> Self {
-        DatabaseUrl(s.to_string())
-    }
-}
-
-/// `url` with its password, if any, replaced by `***`, for logs and error messages.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) if u.has_host() || !url.contains('@') => url.to_string(),
-        // Not a URL with a host (a typo such as a missing `//`): hide all before any `@`.
-        _ => match url.rfind('@') {
-            Some(at) => format!("***{}", &url[at..]),
-            None => url.to_string(),
-        },
-    }
-}
+pub use crate::database_url::{DatabaseUrl, redact_url};
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -252,6 +221,11 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// `sqlite://PATH?mode=rwc` (default), `postgres://user@host/db` or `mysql://user@host/db`.
     pub database_url: DatabaseUrl,
+    /// Accept a database URL off loopback whose TLS mode is opportunistic (PostgreSQL
+    /// `sslmode=prefer`/`allow` or none given, MySQL `ssl-mode=PREFERRED` or none given): a
+    /// man in the middle can strip such TLS unseen. Off by default; use `verify-full` /
+    /// `VERIFY_IDENTITY`, or say `disable` / `DISABLED` outright.
+    pub database_allow_opportunistic_tls: bool,
     pub database_max_connections: u32,
     pub database_connect_timeout_secs: u64,
     /// Longest a statement may run or wait for a lock on PostgreSQL and MySQL/MariaDB.
@@ -298,6 +272,7 @@ impl Default for Config {
             tls: None,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 31821))),
             database_url: DatabaseUrl("sqlite:///var/vcap/store/c2c/policy-server.db?mode=rwc".into()),
+            database_allow_opportunistic_tls: false,
             database_max_connections: 20,
             database_connect_timeout_secs: 30,
             database_statement_timeout_secs: 10,
@@ -362,6 +337,19 @@ impl Config {
             || l.request_timeout_secs < 1
         {
             return bad("every [limits] value must be positive");
+        }
+        match crate::database_url::tls_posture(&self.database_url.0) {
+            Err(e) => return Err(ConfigError::Invalid(e)),
+            Ok(crate::database_url::TlsPosture::Opportunistic) if !self.database_allow_opportunistic_tls => {
+                return bad(
+                    "the database URL asks for opportunistic TLS (sslmode=prefer/allow or ssl-mode=PREFERRED, \
+                     also the default when the URL names none), which anyone on the path can strip; \
+                     use sslmode=verify-full&sslrootcert=CA (PostgreSQL) or ssl-mode=VERIFY_IDENTITY&ssl-ca=CA \
+                     (MySQL/MariaDB), say sslmode=disable / ssl-mode=DISABLED outright, \
+                     or set database_allow_opportunistic_tls = true",
+                );
+            }
+            Ok(_) => {}
         }
         if self.database_max_connections < 1 {
             return bad("database_max_connections must be at least 1");
@@ -434,5 +422,33 @@ mod tests {
         assert_eq!(redact_url("mysql://root@127.0.0.1/x"), "mysql://root@127.0.0.1/x");
         assert_eq!(redact_url("postgres:user:pw@host/db"), "***@host/db");
         assert_eq!(redact_url("not a url, pw@host"), "***@host");
+    }
+
+    #[test]
+    fn opportunistic_database_tls_is_refused_off_loopback() {
+        let mut c = Config::default();
+        for url in [
+            "postgres://policy@db.internal/policy",
+            "postgres://policy@db.internal/policy?sslmode=prefer",
+            "mysql://policy@10.0.0.9/policy?ssl-mode=PREFERRED",
+        ] {
+            c.database_url = url.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("opportunistic") && e.contains("database_allow_opportunistic_tls"), "{url}: {e}");
+        }
+        c.database_allow_opportunistic_tls = true;
+        c.validate().unwrap();
+        c.database_allow_opportunistic_tls = false;
+        for url in [
+            "postgres://policy@db.internal/policy?sslmode=verify-full&sslrootcert=/ca.pem",
+            "postgres://policy@db.internal/policy?sslmode=disable",
+            "postgres://policy@127.0.0.1/policy",
+            "mysql://root@127.0.0.1:3306/policy",
+        ] {
+            c.database_url = url.into();
+            c.validate().unwrap();
+        }
+        c.database_url = "postgres://policy@db.internal/policy?sslmode=sometimes".into();
+        assert!(c.validate().unwrap_err().to_string().contains("sslmode"));
     }
 }

@@ -10,6 +10,7 @@ pub mod cell_identity;
 pub mod cleanup;
 pub mod cloud_controller;
 pub mod config;
+pub mod database_url;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod discovery;

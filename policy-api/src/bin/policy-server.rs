@@ -207,6 +207,15 @@ async fn main() -> anyhow::Result<()> {
     apply(&args, &mut config);
     config.validate()?;
     init_logging(&config);
+    match policy_api::database_url::tls_posture(&config.database_url.0) {
+        Ok(policy_api::database_url::TlsPosture::Plain) => {
+            tracing::warn!("the database connection is not encrypted (sslmode=disable / ssl-mode=DISABLED)")
+        }
+        Ok(policy_api::database_url::TlsPosture::Unverified) => tracing::warn!(
+            "the database connection is encrypted but its certificate is not checked; use verify-full / VERIFY_IDENTITY"
+        ),
+        _ => {}
+    }
 
     let server = Server::start(&config).await.context("starting policy-server")?;
     #[cfg(feature = "dev")]
