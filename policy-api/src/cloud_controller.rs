@@ -150,6 +150,10 @@ pub struct CloudController {
     unknown_apps: Cache<String, ()>,
     developer_spaces: Cache<String, Arc<HashSet<String>>>,
     space_apps: Cache<String, Arc<HashSet<String>>>,
+    /// Batches of guids being looked up right now, so that identical concurrent lookups
+    /// (the same create sent by many clients, or retried) share one request. An entry lives
+    /// only while its request runs; the answers then live in `app_spaces`/`unknown_apps`.
+    app_batches: Cache<String, Arc<HashMap<String, String>>>,
 }
 
 impl CloudController {
@@ -162,6 +166,7 @@ impl CloudController {
             unknown_apps: Cache::builder().max_capacity(50_000).time_to_live(cache_ttl).build(),
             developer_spaces: Cache::builder().max_capacity(50_000).time_to_live(cache_ttl).build(),
             space_apps: Cache::builder().max_capacity(50_000).time_to_live(cache_ttl).build(),
+            app_batches: Cache::builder().max_capacity(10_000).time_to_live(cache_ttl).build(),
         }
     }
 
@@ -227,26 +232,43 @@ impl CloudController {
         }
         lookup.sort();
         for chunk in lookup.chunks(CHUNK) {
-            let mut url =
-                url::Url::parse(&format!("{}/v3/apps", self.base)).map_err(|e| CcError::Request(e.to_string()))?;
-            url.query_pairs_mut().append_pair("guids", &chunk.join(",")).append_pair("per_page", &CHUNK.to_string());
-            let found: Vec<AppResource> = self.all_pages(url.to_string()).await?;
-            // Only the guids asked for count: an answer for another guid (a case variant on
-            // a case-insensitive database, or a confused proxy) must not vouch for an id.
-            let asked: HashSet<&String> = chunk.iter().collect();
-            let mut seen = HashSet::new();
-            for app in found.into_iter().filter(|a| asked.contains(&a.guid)) {
-                if let Some(space) = app.relationships.space.data {
-                    seen.insert(app.guid.clone());
-                    self.app_spaces.insert(app.guid.clone(), space.guid.clone()).await;
-                    out.insert(app.guid, space.guid);
-                }
-            }
-            for app in chunk.iter().filter(|a| !seen.contains(*a)) {
-                self.unknown_apps.insert(app.clone(), ()).await;
-            }
+            let found = if fresh {
+                self.fetch_app_batch(chunk).await?
+            } else {
+                let key = chunk.join(",");
+                let found = self
+                    .app_batches
+                    .try_get_with(key.clone(), self.fetch_app_batch(chunk))
+                    .await
+                    .map_err(|e: Arc<CcError>| (*e).clone())?;
+                self.app_batches.invalidate(&key).await;
+                found
+            };
+            out.extend(found.iter().map(|(app, space)| (app.clone(), space.clone())));
         }
         Ok(out)
+    }
+
+    /// One `GET /v3/apps?guids=` (all its pages), remembered per app.
+    async fn fetch_app_batch(&self, chunk: &[String]) -> Result<Arc<HashMap<String, String>>, CcError> {
+        let mut url =
+            url::Url::parse(&format!("{}/v3/apps", self.base)).map_err(|e| CcError::Request(e.to_string()))?;
+        url.query_pairs_mut().append_pair("guids", &chunk.join(",")).append_pair("per_page", &CHUNK.to_string());
+        let found: Vec<AppResource> = self.all_pages(url.to_string()).await?;
+        // Only the guids asked for count: an answer for another guid (a case variant on a
+        // case-insensitive database, or a confused proxy) must not vouch for an id.
+        let asked: HashSet<&String> = chunk.iter().collect();
+        let mut out = HashMap::new();
+        for app in found.into_iter().filter(|a| asked.contains(&a.guid)) {
+            if let Some(space) = app.relationships.space.data {
+                self.app_spaces.insert(app.guid.clone(), space.guid.clone()).await;
+                out.insert(app.guid, space.guid);
+            }
+        }
+        for app in chunk.iter().filter(|a| !out.contains_key(*a)) {
+            self.unknown_apps.insert(app.clone(), ()).await;
+        }
+        Ok(Arc::new(out))
     }
 
     /// Spaces where `user` (a user GUID or client id) is a space developer. Concurrent

@@ -66,13 +66,16 @@ pub fn tls_posture(url: &str) -> Result<TlsPosture, String> {
         _ => return Ok(TlsPosture::Local),
     };
     let parsed = url::Url::parse(url).map_err(|_| format!("the database URL {} does not parse", redact_url(url)))?;
-    let query = |name: &str| parsed.query_pairs().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.into_owned());
+    let query =
+        |name: &str| parsed.query_pairs().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.into_owned());
     let local = match parsed.host() {
         None => true,
         // Non-special schemes keep hosts opaque, so an IP address arrives here as text.
         Some(url::Host::Domain(d)) => {
             let d = d.trim_start_matches('[').trim_end_matches(']');
-            d.eq_ignore_ascii_case("localhost") || d.starts_with('/') || d.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            d.eq_ignore_ascii_case("localhost")
+                || d.starts_with('/')
+                || d.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
         }
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
@@ -84,7 +87,9 @@ pub fn tls_posture(url: &str) -> Result<TlsPosture, String> {
         (true, Some("prefer" | "allow")) | (false, Some("preferred")) => TlsPosture::Opportunistic,
         (true, Some("disable")) | (false, Some("disabled")) => TlsPosture::Plain,
         (true, Some("require")) | (false, Some("required")) => TlsPosture::Unverified,
-        (true, Some("verify-ca" | "verify-full")) | (false, Some("verify-ca" | "verify-identity")) => TlsPosture::Verified,
+        (true, Some("verify-ca" | "verify-full")) | (false, Some("verify-ca" | "verify-identity")) => {
+            TlsPosture::Verified
+        }
         (_, Some(other)) => {
             let known = if postgres {
                 "disable, allow, prefer, require, verify-ca, verify-full"

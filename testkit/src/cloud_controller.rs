@@ -98,6 +98,8 @@ struct Inner {
     requests: AtomicU64,
     failing: std::sync::atomic::AtomicBool,
     ignore_guid_filter: std::sync::atomic::AtomicBool,
+    latency_ms: AtomicU64,
+    by_path: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 /// A running Cloud Controller double.
@@ -122,6 +124,8 @@ impl CloudController {
             requests: AtomicU64::new(0),
             failing: std::sync::atomic::AtomicBool::new(false),
             ignore_guid_filter: std::sync::atomic::AtomicBool::new(false),
+            latency_ms: AtomicU64::new(0),
+            by_path: Default::default(),
         });
         let router = Router::new()
             .route("/", get(root))
@@ -134,6 +138,7 @@ impl CloudController {
             .route("/v3/organizations/{guid}", get(get_org))
             .route("/v3/roles", get(list_roles))
             .route("/v3/security_groups", get(list_security_groups))
+            .layer(axum::middleware::from_fn_with_state(inner.clone(), observe))
             .with_state(inner.clone());
         let running = serve(router, addr).await?;
         *inner.base.write().expect("lock") = running.url();
@@ -204,11 +209,31 @@ impl CloudController {
         self.inner.failing.store(failing, Ordering::Relaxed);
     }
 
+    /// Number of requests for `path` (such as `/v3/apps`), whatever their query.
+    pub fn requests_for(&self, path: &str) -> u64 {
+        self.inner.by_path.lock().expect("lock").get(path).copied().unwrap_or(0)
+    }
+
+    /// Every answer waits this long first, as a loaded Cloud Controller would (0 by default).
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.inner.latency_ms.store(latency.as_millis() as u64, Ordering::Relaxed);
+    }
+
     /// While set, `GET /v3/apps?guids=` answers every app the caller can see, as a Cloud
     /// Controller (or a proxy in front of it) that drops the filter would.
     pub fn set_ignore_guid_filter(&self, ignore: bool) {
         self.inner.ignore_guid_filter.store(ignore, Ordering::Relaxed);
     }
+}
+
+/// Counts requests per path and holds each for the configured latency.
+async fn observe(State(cc): State<Arc<Inner>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    *cc.by_path.lock().expect("lock").entry(req.uri().path().to_string()).or_default() += 1;
+    let ms = cc.latency_ms.load(Ordering::Relaxed);
+    if ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    next.run(req).await
 }
 
 fn cc_error(status: StatusCode, title: &str, code: u32, detail: &str) -> Response {

@@ -310,3 +310,25 @@ async fn external_api_over_tls() {
     assert!(err.contains("missing.key"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Many clients sending the same create at once (a script retried, a fleet of pipelines)
+/// cost Cloud Controller one app lookup, not one per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_concurrent_lookups_share_one_cloud_controller_call() {
+    use policy_client::types::{Policies, Policy, Protocol};
+    let h = harness::Harness::start(harness::Backend::Sqlite).await;
+    let alice = h.client("alice");
+    let create = |src: &str, dst: &str| Policies { policies: vec![Policy::new(src, dst, Protocol::Tcp, 8080, 8080)] };
+    // Her roles and her first app are cached first, so that only the lookup of the second
+    // app is left to share.
+    alice.create_policies(&create(testkit::APP_1, testkit::APP_1)).await.unwrap();
+    let create = create(testkit::APP_1, testkit::APP_2);
+    // Slow enough that all 20 requests are waiting on the first lookup.
+    h.cf.cc.set_latency(std::time::Duration::from_millis(500));
+    let before = h.cf.cc.requests_for("/v3/apps");
+    let sends = (0..20).map(|_| alice.create_policies(&create));
+    for answer in futures::future::join_all(sends).await {
+        answer.unwrap();
+    }
+    assert_eq!(h.cf.cc.requests_for("/v3/apps") - before, 1, "one GET /v3/apps?guids= for 20 identical creates");
+}
