@@ -89,27 +89,20 @@ async fn refresh_token(config: &Value, refresh: &str) -> Result<(String, Option<
     let secret = s(config, "UAAOAuthClientSecret");
     let http = reqwest::Client::builder()
         .danger_accept_invalid_certs(config.get("SSLDisabled").and_then(Value::as_bool).unwrap_or(false))
+        .timeout(crate::commands::REQUEST_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| CommandError::Message(e.to_string()))?;
-    let resp = http
-        .post(format!("{}/oauth/token", uaa.trim_end_matches('/')))
-        .basic_auth(&client, Some(&secret))
-        .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh)])
-        .send()
-        .await
-        .map_err(|e| CommandError::Message(format!("Request error: {e}")))?;
-    let expired = || {
-        CommandError::Message(
+    let uaa = uaa_client::Uaa::new(http, &uaa, &client, &secret)
+        .map_err(|e| CommandError::Message(format!("The cf config's UAA endpoint is unusable: {e}")))?;
+    match uaa.refresh(refresh).await {
+        Ok(grant) => Ok((grant.access_token, grant.refresh_token)),
+        Err(uaa_client::UaaError::Transport(e)) => Err(CommandError::Message(format!("Request error: {e}"))),
+        Err(_) => Err(CommandError::Message(
             "The token expired, was revoked, or the token ID is incorrect. Please log back in to re-authenticate."
                 .into(),
-        )
-    };
-    if !resp.status().is_success() {
-        return Err(expired());
+        )),
     }
-    let body: Value = resp.json().await.map_err(|_| expired())?;
-    let access = body.get("access_token").and_then(Value::as_str).ok_or_else(expired)?.to_string();
-    Ok((access, body.get("refresh_token").and_then(Value::as_str).map(str::to_string)))
 }
 
 /// Replaces `path` with `contents` so that a reader (cf itself, another plugin) sees the old

@@ -22,21 +22,8 @@ pub enum CcError {
 
 /// The server's own token from UAA (client_credentials), reused until shortly before expiry.
 pub struct ClientToken {
-    http: reqwest::Client,
-    url: String,
-    client_id: String,
-    client_secret: String,
+    uaa: uaa_client::Uaa,
     cached: std::sync::Mutex<Option<(String, Instant, Vec<String>)>>,
-}
-
-#[derive(Deserialize)]
-struct TokenAnswer {
-    access_token: String,
-    #[serde(default)]
-    expires_in: u64,
-    /// Space-separated granted scopes (RFC 6749 §5.1).
-    #[serde(default)]
-    scope: String,
 }
 
 /// Scopes that let the server see every app in Cloud Controller.
@@ -44,14 +31,16 @@ const ADMIN_READ_SCOPES: [&str; 3] =
     ["cloud_controller.admin_read_only", "cloud_controller.admin", "cloud_controller.global_auditor"];
 
 impl ClientToken {
-    pub fn new(http: reqwest::Client, uaa_url: &str, client_id: &str, client_secret: &str) -> Self {
-        ClientToken {
-            http,
-            url: format!("{}/oauth/token", uaa_url.trim_end_matches('/')),
-            client_id: client_id.to_string(),
-            client_secret: client_secret.to_string(),
+    pub fn new(
+        http: reqwest::Client,
+        uaa_url: &str,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<Self, uaa_client::UaaError> {
+        Ok(ClientToken {
+            uaa: uaa_client::Uaa::new(http, uaa_url, client_id, client_secret)?,
             cached: std::sync::Mutex::new(None),
-        }
+        })
     }
 
     pub async fn get(&self) -> Result<String, CcError> {
@@ -67,24 +56,12 @@ impl ClientToken {
         {
             return Ok((token.clone(), scopes.clone()));
         }
-        let resp = self
-            .http
-            .post(&self.url)
-            .basic_auth(&self.client_id, Some(&self.client_secret))
-            .form(&[("grant_type", "client_credentials"), ("client_id", self.client_id.as_str())])
-            .send()
-            .await
-            .map_err(|e| CcError::Token(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(CcError::Token(format!("UAA answered {}", resp.status())));
-        }
-        let answer: TokenAnswer = resp.json().await.map_err(|e| CcError::Token(e.to_string()))?;
+        let grant = self.uaa.client_credentials().await.map_err(|e| CcError::Token(e.to_string()))?;
         // Renew a minute early so a token never expires on its way to Cloud Controller.
-        let lifetime = Duration::from_secs(answer.expires_in.saturating_sub(60));
-        let scopes: Vec<String> = answer.scope.split_whitespace().map(str::to_string).collect();
+        let lifetime = grant.expires_in.unwrap_or_default().saturating_sub(Duration::from_secs(60));
         *self.cached.lock().expect("token cache lock") =
-            Some((answer.access_token.clone(), Instant::now() + lifetime, scopes.clone()));
-        Ok((answer.access_token, scopes))
+            Some((grant.access_token.clone(), Instant::now() + lifetime, grant.scopes.clone()));
+        Ok((grant.access_token, grant.scopes))
     }
 
     /// Forgets the cached token (Cloud Controller refused it: revoked, or UAA's keys rotated).

@@ -75,6 +75,9 @@ pub fn http_client(
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(10))
+        // A redirect would carry a token or the client secret somewhere else; neither UAA's
+        // token endpoint nor Cloud Controller's v3 API redirects.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("c2c-policy-server/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|e| err(format!("cannot read CA file {}: {e}", path.display())))?;
@@ -135,7 +138,8 @@ impl AppState {
             cc_config.skip_tls_verify,
             Duration::from_secs(cc_config.request_timeout_secs),
         )?;
-        let token = ClientToken::new(uaa_http, &uaa.url, &uaa.client_id, &uaa.client_secret.0);
+        let token = ClientToken::new(uaa_http, &uaa.url, &uaa.client_id, &uaa.client_secret.0)
+            .map_err(|e| StartError::Http { what: "UAA", message: e.to_string() })?;
         let cc = Arc::new(CloudController::new(
             cc_http,
             &cc_config.url,

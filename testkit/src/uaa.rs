@@ -256,6 +256,16 @@ impl Uaa {
         self.sign(&claims, req.kid.as_deref())
     }
 
+    /// A refresh token for a known user, as `cf login` (a password grant by client `cf`)
+    /// leaves one in the cf config.
+    pub fn refresh_token(&self, name: &str) -> String {
+        let user = self.user(name).unwrap_or_else(|| panic!("UAA double has no user {name}"));
+        let claims = self.inner.user_claims(&user, "cf", "password", &TokenRequest::default());
+        let refresh = format!("{}-r", uuid::Uuid::new_v4().simple());
+        self.inner.refresh_tokens.write().expect("lock").insert(refresh.clone(), claims);
+        refresh
+    }
+
     /// An access token for a known client, as the client_credentials grant would give it.
     pub fn client_token(&self, id: &str) -> String {
         let client = self

@@ -225,16 +225,7 @@ async fn uninstall_hook_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_with_the_cf_config() {
     let w = world().await;
-    let http = reqwest::Client::new();
-    let grant: serde_json::Value = http
-        .post(format!("{}/oauth/token", w.cf.uaa.url()))
-        .form(&[("grant_type", "password"), ("username", "admin"), ("password", "password"), ("client_id", "cf")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let refresh = w.cf.uaa.refresh_token("admin");
     let expired =
         w.cf.uaa.user_token_with("admin", testkit::TokenRequest { lifetime_secs: Some(-10), ..Default::default() });
     let scratch = TempDir::new("c2c-cf-home");
@@ -244,7 +235,7 @@ async fn standalone_with_the_cf_config() {
         "ConfigVersion": 3,
         "Target": w.cf.cc.url(),
         "AccessToken": format!("bearer {expired}"),
-        "RefreshToken": grant["refresh_token"],
+        "RefreshToken": refresh,
         "UaaEndpoint": w.cf.uaa.url(),
         "UAAOAuthClient": "cf",
         "UAAOAuthClientSecret": "",

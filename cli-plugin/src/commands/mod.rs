@@ -258,7 +258,7 @@ fn checks(target: &Target) -> Result<(), CommandError> {
 }
 
 /// Longest any one HTTP call may take, so a stuck server cannot hang the CLI.
-const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn http_client(target: &Target) -> Result<reqwest::Client, CommandError> {
     reqwest::Client::builder()
