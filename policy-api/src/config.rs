@@ -216,7 +216,7 @@ pub struct Config {
     /// Serve the external API over HTTPS with these files (adds HSTS, as upstream's
     /// `enable_tls`). Without it the API is plain HTTP, for TLS terminated in front.
     pub tls: Option<crate::tls::TlsFiles>,
-    /// Prometheus `/metrics` (and `/health`) listen address; keep it on loopback or a
+    /// Prometheus `/metrics` listen address; keep it on loopback or a
     /// management network.
     pub metrics_listen: Option<SocketAddr>,
     /// `sqlite://PATH?mode=rwc` (default), `postgres://user@host/db` or `mysql://user@host/db`.

@@ -223,10 +223,23 @@ pub async fn cleanup(
     Admin(caller): Admin,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let flag = |name: &str| {
-        url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()).any(|(k, v)| k == name && v == "true")
+    // A flag is `true` or `false`; anything else is refused rather than read as `false`, so
+    // a typo such as `force=yes` cannot quietly run a different cleanup than asked for.
+    let flag = |name: &str| -> Result<bool, ApiError> {
+        let mut set = false;
+        for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+            match (k == name, v.as_ref()) {
+                (false, _) => {}
+                (true, "true") => set = true,
+                (true, "false") => {}
+                (true, _) => {
+                    return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("{name} must be true or false")));
+                }
+            }
+        }
+        Ok(set)
     };
-    let run = cleaner::Run { dry_run: flag("dry_run"), force: flag("force") };
+    let run = cleaner::Run { dry_run: flag("dry_run")?, force: flag("force")? };
     let stale = cleaner::run_once(&state.store, &state.cc, state.settings.cleanup_valve, run).await.map_err(|e| {
         tracing::error!(error = %e, userName = caller.display_name(), "policies cleanup failed");
         match e {

@@ -151,13 +151,10 @@ pub async fn tags_for_other_groups(backend: Backend) {
     let (status, body, _) =
         h.raw(&cell, "PUT", "/networking/v1/internal/tags", br#"{"ID":"router-guid","Type":"router"}"#.to_vec()).await;
     assert_eq!((status, body.as_str()), (200, r#"{"id":"router-guid","tag":"01","type":"router"}"#));
-    let again =
-        cell.create_tag(&types::TagRequest { id: Some("router-guid".into()), type_: Some("router".into()) }).await;
+    let again = cell.create_tag(&types::TagRequest { id: "router-guid".into(), type_: "router".into() }).await;
     assert_eq!(again.unwrap().into_inner().tag, "01");
-    let err = cell
-        .create_tag(&types::TagRequest { id: Some("router-guid".into()), type_: Some("other".into()) })
-        .await
-        .unwrap_err();
+    let err =
+        cell.create_tag(&types::TagRequest { id: "router-guid".into(), type_: "other".into() }).await.unwrap_err();
     assert_eq!(error_status(&err), Some(409));
     assert_eq!(error_message(&err), Some("group router-guid exists with type router; a policy needs an app group"));
     let (status, body, _) = h.raw(&cell, "PUT", "/networking/v1/internal/tags", b"{nope".to_vec()).await;
@@ -174,8 +171,7 @@ pub async fn tags_for_other_groups(backend: Backend) {
     }
     // Another case of the id: the same group where the database ignores case (409 instead of
     // a retried collision and a 500), another group elsewhere.
-    let upper =
-        cell.create_tag(&types::TagRequest { id: Some("ROUTER-GUID".into()), type_: Some("router".into()) }).await;
+    let upper = cell.create_tag(&types::TagRequest { id: "ROUTER-GUID".into(), type_: "router".into() }).await;
     match backend {
         Backend::Mysql => {
             let err = upper.unwrap_err();
