@@ -74,6 +74,8 @@ fn lease_of(l: &ApiLease) -> Option<Lease> {
 
 struct Shared {
     converged: AtomicBool,
+    /// Woken when containers come or go, so their internal routes are registered at once.
+    routes_changed: Arc<tokio::sync::Notify>,
     enforcement: Enforcement,
     telemetry: Arc<crate::telemetry::Telemetry>,
     policies: Arc<crate::sync::PolicySync>,
@@ -142,9 +144,11 @@ impl Agent {
                 _ => None,
             })
         });
+        let discovery = &config.discovery;
+        let dns_servers = if discovery.enabled { vec![discovery.listen.to_string()] } else { Vec::new() };
         cell_state::write_cell(
             &config.state_dir,
-            &CellInfo { subnet: lease.overlay_subnet.clone(), mtu: mtu.unwrap_or(1450) },
+            &CellInfo { subnet: lease.overlay_subnet.clone(), mtu: mtu.unwrap_or(1450), dns_servers },
         )?;
 
         let telemetry = Arc::new(crate::telemetry::Telemetry::new());
@@ -159,14 +163,19 @@ impl Agent {
         };
         let policies =
             crate::sync::PolicySync::new(client.clone(), config.state_dir.clone(), backend, telemetry.clone(), facts);
+        let routes_changed = Arc::new(tokio::sync::Notify::new());
         let shared = Arc::new(Shared {
             converged: AtomicBool::new(false),
-            telemetry,
+            telemetry: telemetry.clone(),
             policies: policies.clone(),
             enforcement: config.enforcement,
+            routes_changed: routes_changed.clone(),
         });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
+        if discovery.enabled {
+            tasks.extend(start_discovery(&config, &client, &nl, telemetry, routes_changed, &stopped).await);
+        }
         // iptables on current distributions is iptables-nft: its commits are nf_tables
         // commits too, so the same notifications repair either backend within moments.
         // (With iptables-legacy nothing is heard, and drift waits for a quiet round.)
@@ -231,6 +240,59 @@ impl Agent {
     }
 }
 
+/// Registration, the table follower and the DNS responder. A responder that cannot start
+/// (another DNS server holds the address) is logged and left out; the rest runs.
+async fn start_discovery(
+    config: &Config,
+    client: &policy_client::Client,
+    nl: &Netlink,
+    telemetry: Arc<crate::telemetry::Telemetry>,
+    routes_changed: Arc<tokio::sync::Notify>,
+    stopped: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use crate::discovery::{follower, registrar, responder};
+    let d = &config.discovery;
+    let mut tasks = Vec::new();
+    let store = crate::containers::ContainerStore::new(config.state_dir.join("containers.json"));
+    let cell = config.underlay_ip.to_string();
+    tasks.push(tokio::spawn(registrar::run(
+        client.clone(),
+        cell,
+        store,
+        d.registration_ttl_secs,
+        routes_changed,
+        stopped.clone(),
+    )));
+    let table: responder::SharedTable = Default::default();
+    tasks.push(tokio::spawn(follower::run(
+        client.clone(),
+        d.internal_domains.clone(),
+        table.clone(),
+        telemetry,
+        stopped.clone(),
+    )));
+    if let Err(e) = nl.ensure_local_address(d.listen).await {
+        tracing::error!(error = %e, address = %d.listen, "cannot give the cell the DNS responder's address; containers get no apps.internal DNS");
+        return tasks;
+    }
+    let server = match responder::Responder::new(d, table) {
+        Ok(r) => r.serve(d).await,
+        Err(e) => Err(e),
+    };
+    match server {
+        Ok(mut server) => {
+            tracing::info!(address = %d.listen, port = d.port, "DNS responder listening");
+            let mut stopped = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ = stopped.changed().await;
+                let _ = server.shutdown_gracefully().await;
+            }));
+        }
+        Err(e) => tracing::error!(error = %e, "the DNS responder did not start; containers get no apps.internal DNS"),
+    }
+    tasks
+}
+
 /// Renews the lease, reads the lease table, converges the VTEP.
 async fn cycle(
     client: &policy_client::Client,
@@ -282,6 +344,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> (StatusCode, axum::Json<se
 async fn reconcile(State(shared): State<Arc<Shared>>) -> StatusCode {
     let started = std::time::Instant::now();
     let enforced = shared.policies.reconcile_once().await;
+    shared.routes_changed.notify_one();
     tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1e3, enforced, "reconciled for the CNI plugin");
     if enforced { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
 }

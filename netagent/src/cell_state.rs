@@ -15,6 +15,9 @@ pub struct CellInfo {
     pub subnet: String,
     /// The MTU for container interfaces (the VTEP's).
     pub mtu: u32,
+    /// The nameservers the CNI result gives containers (the cell's DNS responder).
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +98,7 @@ mod tests {
         assert_eq!(with_allocations(&dir, "10.255.7.0/24", |a| a.allocate("c1")).unwrap(), a);
         let moved = with_allocations(&dir, "10.255.9.0/24", |a| a.allocate("c3")).unwrap();
         assert_eq!(moved.to_string(), "10.255.9.2");
-        write_cell(&dir, &CellInfo { subnet: "10.255.9.0/24".into(), mtu: 1450 }).unwrap();
+        write_cell(&dir, &CellInfo { subnet: "10.255.9.0/24".into(), mtu: 1450, dns_servers: vec![] }).unwrap();
         assert_eq!(read_cell(&dir).unwrap().unwrap().mtu, 1450);
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -39,6 +39,8 @@ pub struct Config {
     /// no authentication: anyone who reaches it can ask for reconciles and read metrics).
     pub allow_non_loopback_listen: bool,
     pub log_level: String,
+    /// apps.internal service discovery: registration and the DNS responder.
+    pub discovery: crate::discovery::DiscoveryConfig,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             container_host_tcp_ports: Vec::new(),
             allow_non_loopback_listen: false,
             log_level: "info".into(),
+            discovery: Default::default(),
         }
     }
 }
@@ -123,6 +126,16 @@ impl Config {
                 "listen {} is not a loopback address: netagent's local API has no authentication; keep it on 127.0.0.1 or set allow_non_loopback_listen = true",
                 self.listen
             )));
+        }
+        let d = &self.discovery;
+        if d.enabled && !self.container_dns_servers.contains(&d.listen) {
+            return Err(ConfigError::Invalid(format!(
+                "discovery.listen {} must be one of container_dns_servers {:?}: containers may reach no other address of the cell",
+                d.listen, self.container_dns_servers
+            )));
+        }
+        if d.enabled && !(3..=3600).contains(&d.registration_ttl_secs) {
+            return Err(ConfigError::Invalid("discovery.registration_ttl_secs must be 3 to 3600".into()));
         }
         if self.lease_poll_interval_ms == 0 {
             return Err(ConfigError::Invalid("lease_poll_interval_ms must be positive".into()));

@@ -1,7 +1,8 @@
 //! netagent: everything on a cell. The daemon (`agent`) holds the cell's lease and keeps the
 //! overlay (`overlay`, `netlink`) and policy enforcement (`sync`, `enforcement`) converged;
 //! the CNI plugin (`cni`) wires containers (`container_net`, `ipam`, `containers`) and asks
-//! the daemon to enforce before it returns. Pure planners compute desired state as data;
+//! the daemon to enforce before it returns. `discovery` registers the cell's internal routes
+//! and answers apps.internal DNS for its containers. Pure planners compute desired state as data;
 //! thin backends apply it.
 
 pub mod agent;
@@ -11,6 +12,7 @@ pub mod cni;
 pub mod config;
 pub mod container_net;
 pub mod containers;
+pub mod discovery;
 pub mod enforcement;
 pub mod ipam;
 pub mod local_api;

@@ -82,6 +82,21 @@ impl Netlink {
         Err(NetlinkError::NoUnderlay(addr))
     }
 
+    /// Makes `addr` local to the cell: added to `lo` as a /32 unless an interface has it.
+    /// Containers reach it through their gateway (the DNS responder's address).
+    pub async fn ensure_local_address(&self, addr: Ipv4Addr) -> Result<(), NetlinkError> {
+        if self.link_with_address(addr).await.is_ok() {
+            return Ok(());
+        }
+        let lo = self.link_by_name("lo").await?.ok_or(NetlinkError::NoUnderlay(addr))?;
+        self.handle
+            .address()
+            .add(lo.header.index, IpAddr::V4(addr), 32)
+            .execute()
+            .await
+            .map_err(req(format!("add {addr}/32 to lo")))
+    }
+
     async fn mtu_of(&self, index: u32) -> Result<u32, NetlinkError> {
         let mut links = self.handle.link().get().match_index(index).execute();
         let link = links.try_next().await.map_err(req("get underlay link"))?;

@@ -19,6 +19,7 @@ pub struct Telemetry {
     pub last_apply_seconds: Gauge,
     pub enforcement_disabled: Gauge,
     pub store_errors: Counter,
+    pub discovery_names: Gauge,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -45,6 +46,7 @@ impl Telemetry {
                 last_apply_seconds: metrics::gauge!("c2c_netagent_last_apply_seconds"),
                 enforcement_disabled: metrics::gauge!("c2c_netagent_enforcement_disabled"),
                 store_errors: metrics::counter!("c2c_netagent_container_store_errors_total"),
+                discovery_names: metrics::gauge!("c2c_netagent_discovery_names"),
             }
         })
     }
@@ -68,6 +70,7 @@ fn describe(recorder: &PrometheusRecorder) {
     };
     for (name, unit, text) in [
         help("c2c_netagent_converges_total", "Overlay convergence cycles completed."),
+        help("c2c_netagent_discovery_names", "Internal hostnames the cell's DNS responder answers."),
         help("c2c_netagent_renew_failures_total", "Lease renewals that failed."),
         help("c2c_netagent_policy_applies_total", "Changes applied to the kernel, by kind."),
         help("c2c_netagent_policy_apply_errors_total", "Changes the kernel refused."),

@@ -263,6 +263,8 @@ pub struct Config {
     /// The cells' API; served only when `internal.tls` is set.
     pub internal: InternalConfig,
     pub limits: LimitsConfig,
+    /// CF route-emitter's registrations over NATS (off by default).
+    pub route_emitter: crate::route_emitter::RouteEmitterConfig,
 }
 
 impl Default for Config {
@@ -292,6 +294,7 @@ impl Default for Config {
             cloud_controller: CloudControllerConfig::default(),
             internal: InternalConfig::default(),
             limits: LimitsConfig::default(),
+            route_emitter: Default::default(),
         }
     }
 }
@@ -364,6 +367,9 @@ impl Config {
         }
         if self.internal.snapshot_poll_interval_ms == 0 || self.internal.asg_sync_interval_secs == 0 {
             return bad("internal.snapshot_poll_interval_ms and internal.asg_sync_interval_secs must be positive");
+        }
+        if self.route_emitter.enabled && self.route_emitter.staleness_threshold_secs < 1 {
+            return bad("route_emitter.staleness_threshold_secs must be positive");
         }
         for (name, url) in [("uaa.url", &self.uaa.url), ("cloud_controller.url", &self.cloud_controller.url)] {
             if url::Url::parse(url).is_err() {

@@ -23,6 +23,7 @@ pub mod mapper;
 pub mod policy;
 pub mod policy_set;
 pub mod quota;
+pub mod route_emitter;
 pub mod server;
 pub mod snapshot;
 pub mod state;

@@ -37,6 +37,8 @@ pub enum ServeError {
     InternalWithoutClientAuth,
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("route_emitter: {0}")]
+    RouteEmitter(#[from] crate::route_emitter::RouteEmitterError),
 }
 
 /// A running policy server. Dropping it does not stop it; call [`Server::shutdown`].
@@ -116,6 +118,12 @@ impl Server {
                 state.snapshots.clone(),
                 Duration::from_secs(config.internal.registration_prune_interval_secs),
             ));
+            if config.route_emitter.enabled {
+                let re = &config.route_emitter;
+                let task = crate::route_emitter::spawn(re, state.store.clone(), state.snapshots.clone()).await?;
+                tracing::info!(servers = ?re.servers, "following route-emitter's registrations over NATS");
+                background.push(task);
+            }
             tracing::info!(listen_address = ?internal_addr, "starting internal server");
         }
         tracing::info!(listen_address = %addr, metrics = ?metrics_addr, "starting external server");

@@ -33,6 +33,9 @@ pub struct CellOptions {
     /// everything (a restart).
     pub release_on_stop: bool,
     pub cni: Cni,
+    /// apps.internal discovery. Labs refuse names outside the internal domains: the
+    /// machine's own resolvers are outside the lab.
+    pub discovery: netagent::discovery::DiscoveryConfig,
 }
 
 impl Default for CellOptions {
@@ -42,6 +45,10 @@ impl Default for CellOptions {
             lease_poll_interval_ms: 200,
             release_on_stop: false,
             cni: Cni::Binary,
+            discovery: netagent::discovery::DiscoveryConfig {
+                forward: netagent::discovery::Forward::Refuse,
+                ..Default::default()
+            },
         }
     }
 }
@@ -66,6 +73,7 @@ pub fn config(
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         lease_poll_interval_ms: options.lease_poll_interval_ms,
         enforcement: options.enforcement,
+        discovery: options.discovery.clone(),
         ..Config::default()
     }
 }
@@ -140,9 +148,12 @@ impl CellAgent {
     }
 
     fn plugin(&self, cell: &Netns, command: &'static str, name: &str, ctr: &Netns, app: &str) -> Outcome {
-        let args = format!("app_id={app}");
+        self.plugin_with(cell, command, name, ctr, &format!("app_id={app}"))
+    }
+
+    fn plugin_with(&self, cell: &Netns, command: &'static str, name: &str, ctr: &Netns, args: &str) -> Outcome {
         let (conf, netns) = (self.conf(), ctr.path());
-        let call = Invocation { command, container: name, netns: &netns, args: &args, conf: &conf };
+        let call = Invocation { command, container: name, netns: &netns, args, conf: &conf };
         match self.cni {
             Cni::Binary => crate::cni::run(&crate::cni::c2c_cni(), cell, &call),
             Cni::InProcess => in_process(cell, &call),
@@ -155,6 +166,14 @@ impl CellAgent {
         anyhow::ensure!(out.code == 0, "CNI ADD for {name}: {}", out.stdout);
         let v = out.json();
         Ok(v["ips"][0]["address"].as_str().unwrap_or("").trim_end_matches("/32").parse()?)
+    }
+
+    /// CNI ADD of a container of `app` with internal routes (comma-separated hostnames);
+    /// returns the CNI result.
+    pub fn add_routed(&self, cell: &Netns, name: &str, ctr: &Netns, app: &str, routes: &str) -> serde_json::Value {
+        let out = self.plugin_with(cell, "ADD", name, ctr, &format!("app_id={app};internal_routes={routes}"));
+        assert_eq!(out.code, 0, "CNI ADD for {name}: {}", out.stdout);
+        out.json()
     }
 
     /// CNI DEL of that container.

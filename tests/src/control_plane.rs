@@ -41,6 +41,17 @@ impl ControlPlane {
     /// [`ControlPlane::start`] on a given cells' API port (0: any), e.g. to bring a stopped
     /// control plane back where the cells look for it, on the same database.
     pub fn start_on(ns: &Netns, ca: &testkit::pki::TestCa, dir: &Path, port: u16) -> anyhow::Result<ControlPlane> {
+        Self::start_with(ns, ca, dir, port, |_| {})
+    }
+
+    /// [`ControlPlane::start_on`] with a change to the server's configuration.
+    pub fn start_with(
+        ns: &Netns,
+        ca: &testkit::pki::TestCa,
+        dir: &Path,
+        port: u16,
+        tweak: impl FnOnce(&mut policy_api::config::Config) + Send + 'static,
+    ) -> anyhow::Result<ControlPlane> {
         let server_cert = ca.server("policy-server", &[ADDRESS]);
         let path = ns.path();
         let db = format!("sqlite://{}?mode=rwc", dir.join("policy.db").display());
@@ -63,6 +74,7 @@ impl ControlPlane {
                     key_file: server_cert.key,
                     client_ca_file: Some(server_cert.ca),
                 });
+                tweak(&mut config);
                 let server = match policy_api::Server::start(&config).await {
                     Ok(s) => s,
                     Err(e) => return drop(ready_tx.send(Err(format!("policy-server: {e}")))),

@@ -95,6 +95,22 @@ impl Netns {
         (0..5).any(|_| self.exec(&["ping", "-c", "1", "-W", "1", ip]))
     }
 
+    /// The standard output of a command run inside this namespace (empty when it fails to
+    /// start).
+    pub fn output(&self, args: &[&str]) -> String {
+        let out = Command::new("ip").args(["netns", "exec", &self.0]).args(args).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    }
+
+    /// Gives programs run with `ip netns exec` in this namespace their own resolv.conf
+    /// (`ip` bind-mounts `/etc/netns/<name>/resolv.conf`), as a runtime writes the CNI
+    /// result's nameservers into a container's.
+    pub fn set_resolv_conf(&self, text: &str) {
+        let dir = std::path::Path::new("/etc/netns").join(&self.0);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("resolv.conf"), text).unwrap();
+    }
+
     /// Whether a command run inside this namespace succeeds.
     pub fn exec(&self, args: &[&str]) -> bool {
         let mut full = vec!["ip", "netns", "exec", &self.0];
@@ -105,6 +121,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(&self.0));
         let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
 }

@@ -14,6 +14,7 @@ pub mod cni;
 pub mod control_plane;
 pub mod cpu;
 pub mod lab;
+pub mod nats;
 pub mod probes;
 pub mod process;
 pub mod scratch;

@@ -40,7 +40,7 @@ fn add_check_chain_del() {
 
     netagent::cell_state::write_cell(
         &state,
-        &netagent::cell_state::CellInfo { subnet: "10.255.1.0/24".into(), mtu: 1450 },
+        &netagent::cell_state::CellInfo { subnet: "10.255.1.0/24".into(), mtu: 1450, dns_servers: vec![] },
     )
     .unwrap();
     let out = c2c_cni(&cell, "ADD", "c1", &ctr.path(), &conf);

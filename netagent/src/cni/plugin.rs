@@ -86,7 +86,7 @@ pub async fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
     if let Err(e) = reconcile(&conf.agent).await {
         return Err(undo(e).await);
     }
-    let out = result::for_container(&conf.cni_version, ip, &env.ifname, &env.netns);
+    let out = result::for_container(&conf.cni_version, ip, &env.ifname, &env.netns, &info.dns_servers);
     Ok(serde_json::to_string(&out).expect("results serialise"))
 }
 

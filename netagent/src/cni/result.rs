@@ -37,8 +37,10 @@ pub struct CniResult {
     pub dns: serde_json::Value,
 }
 
-/// The result for a container at `ip`, wired as `ifname` inside `netns`.
-pub fn for_container(cni_version: &str, ip: Ipv4Addr, ifname: &str, netns: &str) -> CniResult {
+/// The result for a container at `ip`, wired as `ifname` inside `netns`, told to resolve
+/// names with `nameservers` (the cell's DNS responder; runtimes write it into the
+/// container's resolv.conf).
+pub fn for_container(cni_version: &str, ip: Ipv4Addr, ifname: &str, netns: &str, nameservers: &[String]) -> CniResult {
     CniResult {
         cni_version: cni_version.to_string(),
         interfaces: vec![
@@ -51,7 +53,11 @@ pub fn for_container(cni_version: &str, ip: Ipv4Addr, ifname: &str, netns: &str)
         ],
         ips: vec![IpConfig { address: format!("{ip}/32"), interface: 1, gateway: GATEWAY.to_string() }],
         routes: vec![Route { dst: "0.0.0.0/0".into(), gw: GATEWAY.to_string() }],
-        dns: serde_json::json!({}),
+        dns: if nameservers.is_empty() {
+            serde_json::json!({})
+        } else {
+            serde_json::json!({ "nameservers": nameservers })
+        },
     }
 }
 
@@ -61,7 +67,8 @@ mod tests {
 
     #[test]
     fn result_shape() {
-        let r = for_container("1.0.0", Ipv4Addr::new(10, 255, 7, 2), "eth0", "/var/run/netns/c1");
+        let r =
+            for_container("1.0.0", Ipv4Addr::new(10, 255, 7, 2), "eth0", "/var/run/netns/c1", &["169.254.0.2".into()]);
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["interfaces"][0]["name"], "s-010255007002");
         assert!(v["interfaces"][0].get("sandbox").is_none());
@@ -69,5 +76,8 @@ mod tests {
         assert_eq!(v["ips"][0]["address"], "10.255.7.2/32");
         assert_eq!(v["ips"][0]["interface"], 1);
         assert_eq!(v["routes"][0]["gw"], "169.254.0.1");
+        assert_eq!(v["dns"]["nameservers"], serde_json::json!(["169.254.0.2"]));
+        let none = for_container("1.0.0", Ipv4Addr::new(10, 255, 7, 2), "eth0", "/n", &[]);
+        assert_eq!(serde_json::to_value(&none).unwrap()["dns"], serde_json::json!({}));
     }
 }

@@ -90,6 +90,83 @@ impl Store {
         .await
     }
 
+    /// Adds `regs` under `source`, or refreshes them, valid for `ttl`, and leaves the
+    /// source's other registrations as they are: CF's route-emitter registers each
+    /// instance on its own (the NATS drop-in). Bumps the discovery version when a name
+    /// gains an address.
+    pub async fn upsert_registrations(
+        &self,
+        source: &str,
+        regs: &[Registration],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        use registrations::Column as C;
+        let keys: BTreeSet<(String, String)> = regs.iter().map(|r| registration_key(&r.hostname, &r.ip)).collect();
+        self.retrying("upsert_registrations", || async {
+            let now = now_secs();
+            let expires = now + ttl.as_secs() as i64;
+            let txn = self.db.begin().await?;
+            let mut changed = false;
+            for (h, ip) in &keys {
+                let row = |c: C| Expr::col(c);
+                let this =
+                    || row(C::Cell).eq(source).and(row(C::Hostname).eq(h.as_str())).and(row(C::Ip).eq(ip.as_str()));
+                // A row that had expired but was not pruned yet becomes visible again.
+                let revived = Query::update()
+                    .table(registrations::Entity)
+                    .value(C::ExpiresAt, expires)
+                    .cond_where(this().and(row(C::ExpiresAt).lt(now)))
+                    .to_owned();
+                changed |= txn.execute(&revived).await?.rows_affected() > 0;
+                let refresh = Query::update()
+                    .table(registrations::Entity)
+                    .value(C::ExpiresAt, expires)
+                    .cond_where(this())
+                    .to_owned();
+                if txn.execute(&refresh).await?.rows_affected() == 0 {
+                    let insert = Query::insert()
+                        .into_table(registrations::Entity)
+                        .columns([C::Cell, C::Hostname, C::Ip, C::ExpiresAt])
+                        .values_panic([source.into(), h.as_str().into(), ip.as_str().into(), expires.into()])
+                        .to_owned();
+                    txn.execute(&insert).await?;
+                    changed = true;
+                }
+            }
+            if changed {
+                bump_change(&txn, "discovery").await?;
+            }
+            txn.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes `regs` from `source`'s registrations.
+    pub async fn remove_registrations(&self, source: &str, regs: &[Registration]) -> Result<(), StoreError> {
+        use registrations::Column as C;
+        let keys: BTreeSet<(String, String)> = regs.iter().map(|r| registration_key(&r.hostname, &r.ip)).collect();
+        self.retrying("remove_registrations", || async {
+            let txn = self.db.begin().await?;
+            let mut removed = 0;
+            for (h, ip) in &keys {
+                let delete = Query::delete()
+                    .from_table(registrations::Entity)
+                    .and_where(Expr::col(C::Cell).eq(source))
+                    .and_where(Expr::col(C::Hostname).eq(h.as_str()))
+                    .and_where(Expr::col(C::Ip).eq(ip.as_str()))
+                    .to_owned();
+                removed += txn.execute(&delete).await?.rows_affected();
+            }
+            if removed > 0 {
+                bump_change(&txn, "discovery").await?;
+            }
+            txn.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Removes every registration of `cell`.
     pub async fn deregister_cell(&self, cell: &str) -> Result<(), StoreError> {
         self.register_cell(cell, &[], Duration::ZERO).await
