@@ -77,11 +77,20 @@ impl Responder {
         let listen = |source| ResponderError::Listen { addr, source };
         let udp = tokio::net::UdpSocket::bind(addr).await.map_err(listen)?;
         let tcp = tokio::net::TcpListener::bind(addr).await.map_err(listen)?;
+        Ok(self.serve_on(udp, tcp))
+    }
+
+    /// Serves on sockets bound by the caller.
+    pub fn serve_on(
+        self,
+        udp: tokio::net::UdpSocket,
+        tcp: tokio::net::TcpListener,
+    ) -> hickory_server::Server<Responder> {
         let mut server = hickory_server::Server::new(self);
         server.register_socket(udp);
         // A TCP client gets 5 s per message; answers are at most 64 KiB, as DNS over TCP allows.
         server.register_listener(tcp, Duration::from_secs(5), 65_535);
-        Ok(server)
+        server
     }
 }
 
