@@ -181,3 +181,56 @@ fn route_emitter_registrations_over_nats_resolve() {
     eventually("unregistering removes the name", || status(&ctr, "legacy.apps.internal") == "NXDOMAIN");
     assert_eq!(dig(&ctr, "0.legacy.apps.internal", false), [legacy].into(), "only the route named goes");
 }
+
+/// Names outside the internal domains go to the cell's resolvers (its resolv.conf): here a
+/// resolver of the lab's own on the cell, at 127.0.0.2, answering `outside.test`.
+#[test]
+fn other_names_are_forwarded_to_the_cells_resolvers() {
+    use netagent::discovery::responder::{Responder, SharedTable};
+    use netagent::discovery::table::Table;
+    use netagent::discovery::{DiscoveryConfig, Forward};
+    require_root();
+    require_tool("dig", "dnsutils");
+    let w = World::new(1, "c2c-dns-forward");
+    let cp = w.control_plane();
+
+    // The cell's "upstream" resolver: authoritative for outside.test, refusing the rest.
+    let upstream_config = DiscoveryConfig {
+        listen: Ipv4Addr::new(127, 0, 0, 2),
+        internal_domains: vec!["outside.test.".into()],
+        forward: Forward::Refuse,
+        ..Default::default()
+    };
+    let ips = ["192.0.2.10".to_string()];
+    let table: SharedTable = std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(Table::new(
+        &upstream_config.internal_domains,
+        [("www.outside.test", &ips[..])],
+    ))));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let upstream = w.cell(1).spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let mut server = Responder::new(&upstream_config, table).unwrap().serve(&upstream_config).await.unwrap();
+            ready_tx.send(()).unwrap();
+            let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+            let _ = server.shutdown_gracefully().await;
+        })
+    });
+    ready_rx.recv_timeout(Duration::from_secs(30)).expect("the upstream resolver listens");
+
+    let resolv = w.dir.join("cell-resolv.conf");
+    std::fs::write(&resolv, format!("nameserver 127.0.0.2\nnameserver {DNS}\n")).unwrap();
+    let mut options = CellOptions::default();
+    options.discovery.forward = Forward::ResolvConf;
+    options.discovery.resolv_conf_file = resolv;
+    let agent = w.agent(1, &cp, &options);
+    let ctr = Netns::new("ctr");
+    agent.add_routed(w.cell(1), "x", &ctr, "app-x", "x.apps.internal");
+    eventually("internal names still answered locally", || !dig(&ctr, "x.apps.internal", false).is_empty());
+    assert_eq!(dig(&ctr, "www.outside.test", false), ["192.0.2.10".parse().unwrap()].into(), "forwarded");
+    assert_eq!(dig(&ctr, "www.outside.test", true), ["192.0.2.10".parse().unwrap()].into(), "over TCP too");
+    assert_eq!(status(&ctr, "nobody.outside.test"), "NXDOMAIN", "the upstream's NXDOMAIN comes through");
+    drop(stop_tx);
+    upstream.join().unwrap();
+}
