@@ -31,6 +31,7 @@ pub mod store;
 pub mod tag_budget;
 pub mod tls;
 pub mod uptime;
+pub mod watchers;
 pub mod write_batch;
 
 pub use api::router;

@@ -155,6 +155,8 @@ pub struct Snapshots {
     wake: Arc<Notify>,
     /// Turns true when the server shuts down: every open watch answers at once.
     closing: Arc<watch::Sender<bool>>,
+    /// The open watches, by what they wait for.
+    pub watchers: Arc<crate::watchers::Watchers>,
 }
 
 impl std::fmt::Debug for Snapshots {
@@ -194,6 +196,7 @@ impl Snapshots {
             tx: Arc::new(tx),
             wake: Arc::new(Notify::new()),
             closing: Arc::new(watch::channel(false).0),
+            watchers: Default::default(),
         };
         let loader = snapshots.clone();
         let task = tokio::spawn(async move {
@@ -224,6 +227,10 @@ impl Snapshots {
         metrics::gauge!("c2c_snapshot_policies").set(next.policies.len() as f64);
         // A local write may have published a newer snapshot while this one was loading:
         // never go back; look again instead.
+        let (policies_moved, discovery_moved) = (
+            next.versions.policies != current.versions.policies,
+            next.versions.discovery != current.versions.discovery,
+        );
         let mut next = Some(Arc::new(next));
         let published = self.tx.send_if_modified(|cur| {
             let newer = next.as_ref().is_some_and(|n| not_older(&n.versions, &cur.versions));
@@ -234,6 +241,13 @@ impl Snapshots {
         });
         if !published {
             self.changed();
+            return Ok(());
+        }
+        if policies_moved {
+            self.watchers.wake(&crate::watchers::Touched::AllPolicies);
+        }
+        if discovery_moved {
+            self.watchers.wake(&crate::watchers::Touched::Registrations);
         }
         Ok(())
     }
@@ -276,7 +290,13 @@ impl Snapshots {
         });
         if !published {
             self.changed();
+            return;
         }
+        let apps = match &written.change {
+            PolicyChange::Created(created) => crate::policy::apps_of(created.iter().map(|t| &t.policy)),
+            PolicyChange::Deleted(deleted) => crate::policy::apps_of(deleted),
+        };
+        self.watchers.wake(&crate::watchers::Touched::Apps(apps));
     }
 
     /// The current snapshot once its policies are at least as new as the database's: one
@@ -331,26 +351,34 @@ fn not_older(a: &Versions, b: &Versions) -> bool {
 
 /// Waits until `answer(snapshot)` has an entity tag other than `etag`, `wait` passes, or the
 /// server shuts down. Returns the newest answer either way; the caller answers 304 if its
-/// tag is still `etag`.
-pub async fn watch_answer<F>(snapshots: &Snapshots, etag: Option<&str>, wait: Duration, answer: F) -> Arc<Answer>
+/// tag is still `etag`. The watch sleeps until a snapshot touches one of `keys` (see
+/// [`crate::watchers`]); other changes do not wake it.
+pub async fn watch_answer<F>(
+    snapshots: &Snapshots,
+    keys: impl FnOnce() -> Vec<String>,
+    etag: Option<&str>,
+    wait: Duration,
+    answer: F,
+) -> Arc<Answer>
 where
     F: Fn(&Snapshot) -> Arc<Answer>,
 {
-    let mut rx = snapshots.subscribe();
+    if wait.is_zero() || etag.is_none() {
+        return answer(&snapshots.current());
+    }
+    // Registered before the first look: a change published in between is not missed.
+    let watch = snapshots.watchers.register(keys());
     let mut closing = snapshots.closing.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
-    let mut _waiting = None;
+    let _waiting = Waiting::new();
     loop {
-        let current = answer(&rx.borrow_and_update().clone());
-        if etag != Some(current.etag.as_str()) || wait.is_zero() || *closing.borrow() {
+        let current = answer(&snapshots.current());
+        if etag != Some(current.etag.as_str()) || *closing.borrow() {
             return current;
         }
-        _waiting.get_or_insert_with(Waiting::new);
         tokio::select! {
-            changed = tokio::time::timeout_at(deadline, rx.changed()) => match changed {
-                Ok(Ok(())) => continue,
-                _ => return current,
-            },
+            _ = watch.notify.notified() => continue,
+            _ = tokio::time::sleep_until(deadline) => return current,
             _ = closing.wait_for(|c| *c) => return current,
         }
     }

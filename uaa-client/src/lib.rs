@@ -1,6 +1,6 @@
 //! UAA's OAuth2 grants for c2c's services and tools (client credentials for services, refresh for the CLI), through the
 //! `oauth2` crate on the workspace's one reqwest: `oauth2`'s own reqwest integration pins
-//! another major version, so requests go through [`send`] instead.
+//! another major version, so requests go through this crate's own `AsyncHttpClient` instead.
 
 use std::future::Future;
 use std::pin::Pin;

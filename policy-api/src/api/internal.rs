@@ -80,7 +80,12 @@ pub async fn policies(
         Duration::ZERO
     };
     let inm = if_none_match(&headers);
-    let answer = watch_answer(&state.snapshots, inm, wait, |s| s.policies_answer_for_query(query.as_deref())).await;
+    let keys = || match first_params(query.as_deref()).get("id") {
+        Some(ids) => ids.split(',').map(crate::watchers::app).collect(),
+        None => vec![crate::watchers::ALL_POLICIES.to_string()],
+    };
+    let answer =
+        watch_answer(&state.snapshots, keys, inm, wait, |s| s.policies_answer_for_query(query.as_deref())).await;
     Ok(answer_response(&answer, inm))
 }
 
@@ -300,7 +305,8 @@ pub async fn registrations(
     let params = first_params(query.as_deref());
     let wait = wait_of(&state, &params)?;
     let inm = if_none_match(&headers);
-    let answer = watch_answer(&state.snapshots, inm, wait, |s| s.registrations_answer()).await;
+    let keys = || vec![crate::watchers::REGISTRATIONS.to_string()];
+    let answer = watch_answer(&state.snapshots, keys, inm, wait, |s| s.registrations_answer()).await;
     Ok(answer_response(&answer, inm))
 }
 

@@ -612,3 +612,50 @@ pub async fn shutdown_answers_every_watch() {
     assert!(tokio::net::TcpStream::connect(internal).await.is_err(), "the listener is closed");
     println!("shutdown with {WATCHES} open watches took {took:?}");
 }
+
+/// A counter from this process's recorder.
+fn counter(name: &str) -> u64 {
+    let text = policy_api::server::prometheus().render();
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// With a hundred cells watching, each for its own app, a policy between two of the apps
+/// wakes those two watches and no other; the rest keep waiting until their wait runs out.
+pub async fn a_change_wakes_only_the_watches_it_concerns() {
+    const CELLS: usize = 100;
+    let h = Harness::start_internal(Backend::Sqlite, |_| {}).await;
+    let http = h.cell_http(None, true);
+    let url = |i: usize| format!("{}/networking/v1/internal/policies?id=watched-{i}", h.internal_url());
+    let mut watches = Vec::new();
+    for i in 0..CELLS {
+        let etag = http.get(url(i)).send().await.unwrap().headers()["etag"].to_str().unwrap().to_string();
+        let (http, url) = (http.clone(), format!("{}&wait=20s", url(i)));
+        watches.push(tokio::spawn(async move {
+            let r = http.get(&url).header("If-None-Match", etag).send().await.unwrap();
+            (r.status().as_u16(), Instant::now())
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while watches_waiting() < CELLS as u64 {
+        assert!(Instant::now() < deadline, "only {} of {CELLS} watches are waiting", watches_waiting());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = counter("c2c_watch_wakeups_total");
+    let created = Instant::now();
+    h.admin()
+        .create_policies(&Policies { policies: vec![Policy::new("watched-3", "watched-7", Protocol::Tcp, 80, 80)] })
+        .await
+        .unwrap();
+    let seven = watches.remove(7);
+    let three = watches.remove(3);
+    for w in [three, seven] {
+        let (status, at) = w.await.unwrap();
+        assert_eq!(status, 200, "the concerned watches answer with the change");
+        assert!(at.duration_since(created) < Duration::from_secs(5));
+    }
+    assert_eq!(counter("c2c_watch_wakeups_total") - before, 2, "two watches woken, not {CELLS}");
+    assert_eq!(watches_waiting(), CELLS as u64 - 2, "the others still wait");
+    for w in watches {
+        w.abort();
+    }
+}

@@ -60,6 +60,11 @@ for_backends!(
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_wakes_only_the_watches_it_concerns() {
+    internal::a_change_wakes_only_the_watches_it_concerns().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_every_watch() {
     internal::shutdown_answers_every_watch().await
 }
