@@ -242,3 +242,25 @@ fn refusal_reason(e: &std::io::Error) -> &'static str {
         None => "io_error",
     }
 }
+
+/// Raises the soft open-files limit so the listeners' connection caps, not the system's
+/// default soft limit (often 1,024), bound what the server accepts: every listener's
+/// `max_connections`, the database pool and some slack. Warns when the hard limit is lower.
+pub fn raise_open_files_limit(limits: &crate::config::LimitsConfig, listeners: u64, database: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let wanted = (limits.max_connections as u64).saturating_mul(listeners).saturating_add(database).saturating_add(256);
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    let target = wanted.min(hard);
+    if soft < target
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
+    }
+    if hard < wanted {
+        tracing::warn!(
+            hard,
+            wanted,
+            "the hard open-files limit is below what the connection limits allow; raise it (LimitNOFILE, ulimit -Hn) or lower limits.max_connections"
+        );
+    }
+}

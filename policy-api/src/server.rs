@@ -67,6 +67,8 @@ impl Server {
         if config.internal.tls.as_ref().is_some_and(|t| t.client_ca_file.is_none()) {
             return Err(ServeError::InternalWithoutClientAuth);
         }
+        let listeners = 2 + u64::from(config.internal.tls.is_some());
+        crate::listener::raise_open_files_limit(&config.limits, listeners, u64::from(config.database_max_connections));
         let handle = prometheus();
         let (state, workers) = AppState::from_config(config).await?;
         let (stop, stopped) = watch::channel(false);

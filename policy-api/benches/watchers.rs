@@ -1,0 +1,214 @@
+//! 10,000 watching cells, each on its own mTLS connection, as real cells are (not a test):
+//!
+//!     cargo bench -p policy-api --bench watchers            # PostgreSQL
+//!     cargo bench -p policy-api --bench watchers -- sqlite
+//!
+//! The real `policy-server` binary holds 60,000 policies; 10,000 cells each open their own
+//! TLS connection (HTTP/1.1) and watch `internal/policies?id=<a shared app>,<its own app>`.
+//! Measures: the server's resident memory and open file descriptors with every watch
+//! parked; a create that concerns every cell (the shared app) and the time from the API's
+//! answer to the last watcher answered; a create that concerns one cell and how many
+//! watches it woke. `C2C_BENCH_WATCHERS` changes the number of cells.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use policy_client::types::{Policies, Policy, Protocol};
+
+#[path = "support/databases.rs"]
+mod databases;
+#[path = "support/stats.rs"]
+mod stats;
+use stats::ms;
+
+const STORED: usize = 60_000;
+const SHARED: &str = "shared-app";
+
+fn app(i: usize) -> String {
+    format!("app-{i:05}")
+}
+
+/// A line of the server's Prometheus text.
+async fn metric(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn run(name: &str, database_url: String) {
+    let watchers: usize = std::env::var("C2C_BENCH_WATCHERS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    // This process holds one connection per cell, and the server one more each.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.max(65_536), hard.max(65_536));
+
+    let dir = std::env::temp_dir().join(format!("c2c-bench-watchers-{}", std::process::id()));
+    let ca = testkit::pki::TestCa::new(&dir, "ca");
+    let server_cert = ca.server("policy-server", &["127.0.0.1"]);
+    let cell_cert = ca.client("cell");
+    let cf = testkit::Cf::start().await.expect("doubles");
+    let mut config = policy_api::config::Config {
+        database_max_connections: 20,
+        log_format: policy_api::config::LogFormat::Json,
+        ..policy_api::dev::config_for_doubles(&cf, &database_url)
+    };
+    config.internal.listen = "127.0.0.1:0".parse().unwrap();
+    config.internal.max_watch_secs = 300;
+    config.internal.tls = Some(policy_api::tls::TlsFiles {
+        cert_file: server_cert.cert.clone(),
+        key_file: server_cert.key.clone(),
+        client_ca_file: Some(server_cert.ca.clone()),
+    });
+    let config_file = dir.join("policy-server.toml");
+    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_policy-server"))
+        .args(["--config", config_file.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("policy-server");
+    let pid = child.id();
+    // The addresses, from the server's own log lines.
+    let (tx, rx) = std::sync::mpsc::channel::<(String, String)>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                let field = |k: &str| {
+                    v[k].as_str().unwrap_or_default().trim_start_matches("Some(").trim_end_matches(')').to_string()
+                };
+                let _ = tx.send((field("message"), format!("{}|{}", field("listen_address"), field("metrics"))));
+            }
+        }
+    });
+    let (mut api, mut internal, mut metrics) = (String::new(), String::new(), String::new());
+    while api.is_empty() || internal.is_empty() {
+        let (message, addrs) = rx.recv_timeout(Duration::from_secs(120)).expect("policy-server starts");
+        let (addr, m) = addrs.split_once('|').unwrap();
+        match message.as_str() {
+            "starting external server" => {
+                api = format!("http://{addr}");
+                metrics = format!("http://{m}/metrics");
+            }
+            "starting internal server" => internal = format!("https://{addr}"),
+            _ => {}
+        }
+    }
+    println!("\n== {name}, {watchers} cells, each on its own connection");
+    let admin = policy_client::Client::new_with_token(&api, &cf.uaa.user_token("admin")).unwrap();
+    let all: Vec<Policy> = (0..STORED)
+        .map(|i| Policy::new(&app(i % 20_000), &app((i / 3 + 1) % 20_000), Protocol::Tcp, 8080, 8080))
+        .collect();
+    for chunk in all.chunks(1000) {
+        admin.create_policies(&Policies { policies: chunk.to_vec() }).await.expect("seed");
+    }
+    let (rss_before, fds_before) =
+        (status_kib(pid, "VmRSS:"), std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count());
+    println!("server with {STORED} policies, no watch: RSS {} MiB, {} fds", rss_before / 1024, fds_before);
+
+    let mut pem = std::fs::read(&cell_cert.cert).unwrap();
+    pem.extend(std::fs::read(&cell_cert.key).unwrap());
+    let identity = reqwest::Identity::from_pem(&pem).unwrap();
+    let root = reqwest::Certificate::from_pem(ca.cert_pem.as_bytes()).unwrap();
+    // Each cell its own client, so its own TLS connection.
+    let connect = Arc::new(tokio::sync::Semaphore::new(64));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..watchers {
+        let http = reqwest::Client::builder()
+            .add_root_certificate(root.clone())
+            .identity(identity.clone())
+            .http1_only()
+            .pool_max_idle_per_host(1)
+            .timeout(Duration::from_secs(600))
+            .build()
+            .unwrap();
+        let url = format!("{internal}/networking/v1/internal/policies?id={SHARED},cell-app-{w}");
+        let (connect, done) = (connect.clone(), done_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let etag = {
+                let _slot = connect.acquire().await.unwrap();
+                let r = http.get(&url).send().await.expect("first answer");
+                r.headers()["etag"].to_str().unwrap().to_string()
+            };
+            loop {
+                let r =
+                    http.get(format!("{url}&wait=280s")).header("if-none-match", &etag).send().await.expect("watch");
+                if r.status() == 200 {
+                    let _ = done.send((w, Instant::now()));
+                    return;
+                }
+            }
+        }));
+    }
+    drop(done_tx);
+    while (metric(&metrics, "c2c_watches_waiting").await as usize) < watchers {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (rss, fds) = (status_kib(pid, "VmRSS:"), std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count());
+    println!(
+        "{watchers} watches parked after {:.1} s: server RSS {} MiB (+{} MiB), {} fds",
+        started.elapsed().as_secs_f64(),
+        rss / 1024,
+        rss.saturating_sub(rss_before) / 1024,
+        fds
+    );
+
+    // One cell concerned: one watch woken.
+    let woken_before = metric(&metrics, "c2c_watch_wakeups_total").await;
+    let t = Instant::now();
+    admin
+        .create_policies(&Policies { policies: vec![Policy::new("cell-app-7", "cell-app-7", Protocol::Tcp, 9, 9)] })
+        .await
+        .unwrap();
+    let answered = t.elapsed();
+    let (w, at) = done_rx.recv().await.expect("the concerned cell answers");
+    println!(
+        "a create concerning one cell: API answered in {}, cell {w} answered {} after the API, watches woken: {}",
+        ms(answered),
+        ms(at.saturating_duration_since(t + answered)),
+        metric(&metrics, "c2c_watch_wakeups_total").await - woken_before
+    );
+
+    // Every cell concerned.
+    let t = Instant::now();
+    admin
+        .create_policies(&Policies { policies: vec![Policy::new(SHARED, &app(1), Protocol::Tcp, 443, 443)] })
+        .await
+        .unwrap();
+    let api_answer = Instant::now();
+    let mut last = api_answer;
+    let mut n = 1;
+    while let Some((_, at)) = done_rx.recv().await {
+        last = last.max(at);
+        n += 1;
+    }
+    println!(
+        "a create concerning all {n} cells: API answered in {}, last watcher answered {} after the API's answer",
+        ms(api_answer - t),
+        ms(last.saturating_duration_since(api_answer))
+    );
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::main]
+async fn main() {
+    databases::on_the_asked_one(run).await;
+}
