@@ -10,8 +10,6 @@
 //! answer to the last watcher answered; a create that concerns one cell and how many
 //! watches it woke. `C2C_BENCH_WATCHERS` changes the number of cells.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,39 +70,13 @@ async fn run(name: &str, database_url: String) {
     let config_file = dir.join("policy-server.toml");
     std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_policy-server"))
-        .args(["--config", config_file.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("policy-server");
-    let pid = child.id();
-    // The addresses, from the server's own log lines.
-    let (tx, rx) = std::sync::mpsc::channel::<(String, String)>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                let field = |k: &str| {
-                    v[k].as_str().unwrap_or_default().trim_start_matches("Some(").trim_end_matches(')').to_string()
-                };
-                let _ = tx.send((field("message"), format!("{}|{}", field("listen_address"), field("metrics"))));
-            }
-        }
-    });
-    let (mut api, mut internal, mut metrics) = (String::new(), String::new(), String::new());
-    while api.is_empty() || internal.is_empty() {
-        let (message, addrs) = rx.recv_timeout(Duration::from_secs(120)).expect("policy-server starts");
-        let (addr, m) = addrs.split_once('|').unwrap();
-        match message.as_str() {
-            "starting external server" => {
-                api = format!("http://{addr}");
-                metrics = format!("http://{m}/metrics");
-            }
-            "starting internal server" => internal = format!("https://{addr}"),
-            _ => {}
-        }
-    }
+    let server = testkit::server_process::ServerProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_policy-server")),
+        &config_file,
+    );
+    let pid = server.pid();
+    let (api, internal) = (server.api.clone(), server.internal.clone().expect("the cells' API"));
+    let metrics = server.metrics.clone().expect("the metrics listener");
     println!("\n== {name}, {watchers} cells, each on its own connection");
     let admin = policy_client::Client::new_with_token(&api, &cf.uaa.user_token("admin")).unwrap();
     let all: Vec<Policy> = (0..STORED)
@@ -203,8 +175,7 @@ async fn run(name: &str, database_url: String) {
     for t in tasks {
         let _ = t.await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

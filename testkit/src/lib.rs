@@ -8,6 +8,7 @@ pub mod keys;
 pub mod pki;
 pub mod proxy;
 pub mod server;
+pub mod server_process;
 pub mod uaa;
 
 pub use cloud_controller::{App, CloudController, Fixture, Org, Role, SecurityGroup, Space};

@@ -6,82 +6,14 @@
 //! the seed), so a run takes the same time on every machine; `C2C_FUZZ_EXAMPLES` and
 //! `C2C_FUZZ_SEED` change it for a longer local hunt.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::process::Command;
 
 use harness::lab::require_tool;
 use harness::scratch::TempDir;
 
 const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/policy-server.yaml");
 const HOOKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/hooks.py");
-
-/// The real binary, its log kept in memory, its addresses read from its own log lines.
-struct Server {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    api: String,
-    internal: String,
-    metrics: String,
-}
-
-impl Server {
-    fn start(config: &Path) -> Server {
-        let mut child = Command::new(harness::bins::path("policy-server"))
-            .args(["--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start policy-server");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    let fields = &v;
-                    let _ = tx.send((
-                        fields["message"].as_str().unwrap_or_default().to_string(),
-                        fields["listen_address"].as_str().unwrap_or_default().to_string(),
-                        fields["metrics"].as_str().unwrap_or_default().to_string(),
-                    ));
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let (mut api, mut internal, mut metrics) = (None, None, None);
-        while api.is_none() || internal.is_none() {
-            let (message, addr, metrics_addr) = rx
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("policy-server did not start: {:?}", log.lock().unwrap()));
-            // `Some(127.0.0.1:4003)`, as the log line prints an optional address.
-            let unwrap_some = |s: &str| s.trim_start_matches("Some(").trim_end_matches(')').to_string();
-            match message.as_str() {
-                "starting external server" => {
-                    api = Some(format!("http://{addr}"));
-                    metrics = Some(format!("http://{}", unwrap_some(&metrics_addr)));
-                }
-                "starting internal server" => internal = Some(format!("https://{}", unwrap_some(&addr))),
-                _ => {}
-            }
-        }
-        Server { child, log, api: api.unwrap(), internal: internal.unwrap(), metrics: metrics.unwrap() }
-    }
-
-    fn panics(&self) -> Vec<String> {
-        self.log.lock().unwrap().iter().filter(|l| l.contains("panicked")).cloned().collect()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One schemathesis run; panics with its report unless every check passed.
 fn fuzz(name: &str, dir: &Path, paths: &str, url: &str, extra: &[&str], role: &str) {
@@ -126,7 +58,9 @@ fn the_api_honours_its_spec_under_fuzzing() {
     });
     let config_path: PathBuf = dir.path().join("policy-server.toml");
     std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
-    let server = Server::start(&config_path);
+    let server = testkit::server_process::ServerProcess::start(&harness::bins::path("policy-server"), &config_path);
+    let internal = server.internal.clone().expect("the cells' API");
+    let metrics = server.metrics.clone().expect("the metrics listener");
 
     let external = "^/(networking/v[01]/external/|health$)";
     for (name, user, role) in [("admin", "admin", "admin"), ("a space developer", "alice", "non-admin")] {
@@ -141,8 +75,11 @@ fn the_api_honours_its_spec_under_fuzzing() {
         "--request-cert-key",
         cell.key.to_str().unwrap(),
     ];
-    fuzz("cells' API", dir.path(), "^/networking/v[01]/internal/", &server.internal, &mtls, "cell");
-    fuzz("metrics listener", dir.path(), "^/metrics$", &server.metrics, &[], "anyone");
+    fuzz("cells' API", dir.path(), "^/networking/v[01]/internal/", &internal, &mtls, "cell");
+    // schemathesis appends the spec's path to the base URL.
+    let metrics_base = metrics.trim_end_matches("/metrics");
+    fuzz("metrics listener", dir.path(), "^/metrics$", metrics_base, &[], "anyone");
 
-    assert_eq!(server.panics(), Vec::<String>::new(), "policy-server panicked under fuzzing");
+    let panics: Vec<String> = server.log().into_iter().filter(|l| l.contains("panicked")).collect();
+    assert_eq!(panics, Vec::<String>::new(), "policy-server panicked under fuzzing");
 }
