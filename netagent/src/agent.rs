@@ -160,6 +160,9 @@ impl Agent {
                 dns: config.container_dns_servers.iter().copied().collect(),
                 tcp_ports: config.container_host_tcp_ports.iter().copied().collect(),
             },
+            edge: config.edge(config.traffic_logs.logging()),
+            groups: Vec::new(),
+            log_group: config.traffic_logs.nflog_group,
         };
         let policies =
             crate::sync::PolicySync::new(client.clone(), config.state_dir.clone(), backend, telemetry.clone(), facts);
@@ -185,7 +188,10 @@ impl Agent {
                 Err(e) => tracing::warn!(error = %e, "cannot hear nftables changes; drift is repaired on quiet rounds"),
             }
         }
-        tasks.push(tokio::spawn(policies.run(stopped.clone())));
+        tasks.push(tokio::spawn(policies.clone().run(stopped.clone())));
+        if config.enforcement != Enforcement::None {
+            tasks.push(tokio::spawn(crate::asg_sync::run(policies.clone(), stopped.clone())));
+        }
 
         // The converge loop.
         {
@@ -215,6 +221,7 @@ impl Agent {
             .route("/health", get(health))
             .route("/reconcile", post(reconcile))
             .route("/metrics", get(metrics))
+            .route("/traffic-logs", get(traffic_logs).put(set_traffic_logs))
             .with_state(shared.clone());
         let limits = crate::local_api::Limits::default();
         tasks.push(tokio::spawn(crate::local_api::serve(listener, router, limits, stopped.clone())));
@@ -347,6 +354,37 @@ async fn reconcile(State(shared): State<Arc<Shared>>) -> StatusCode {
     shared.routes_changed.notify_one();
     tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1e3, enforced, "reconciled for the CNI plugin");
     if enforced { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+}
+
+/// What is logged now (`GET /traffic-logs`).
+async fn traffic_logs(State(shared): State<Arc<Shared>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match shared.policies.logging().await {
+        Some(l) => axum::Json(l).into_response(),
+        None => (StatusCode::CONFLICT, "enforcement is off: nothing is logged\n").into_response(),
+    }
+}
+
+/// Switches logging at run time (`PUT /traffic-logs` with `{"c2c_accepted": true,
+/// "egress_accepted": false, "denied_per_sec": 10}`); the rules change at once.
+async fn set_traffic_logs(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> (StatusCode, String) {
+    let logging: crate::enforcement::plan::Logging = match serde_json::from_slice(&body) {
+        Ok(l) => l,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"c2c_accepted\": bool, \"egress_accepted\": bool, \"denied_per_sec\": n}}: {e}\n"),
+            );
+        }
+    };
+    if shared.policies.logging().await.is_none() {
+        return (StatusCode::CONFLICT, "enforcement is off: nothing is logged\n".into());
+    }
+    if shared.policies.set_logging(logging).await {
+        (StatusCode::OK, serde_json::to_string(&logging).unwrap_or_default())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "the kernel refused the change; see the agent's log\n".into())
+    }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> String {

@@ -41,6 +41,43 @@ pub struct Config {
     pub log_level: String,
     /// apps.internal service discovery: registration and the DNS responder.
     pub discovery: crate::discovery::DiscoveryConfig,
+    /// Container traffic to these destinations keeps its source address (upstream's
+    /// `no_masquerade_cidr_range`); everything else leaving the overlay is masqueraded to
+    /// `underlay_ip`. Empty: the overlay network.
+    pub no_masquerade_cidr_range: String,
+    /// Logs of accepted and denied traffic (off by default; switched at run time through
+    /// the local API's `/traffic-logs`).
+    pub traffic_logs: TrafficLogs,
+}
+
+/// Traffic logs: the kernel hands the packets to netagent over nflog; netagent writes one
+/// JSON line per packet to `file`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrafficLogs {
+    /// New c2c connections a policy accepted (upstream's `iptables_c2c_logging`).
+    pub c2c_accepted: bool,
+    /// New connections to outside the overlay an egress rule accepted (upstream's
+    /// `iptables_asg_logging`). Rules flagged `log` are logged regardless.
+    pub egress_accepted: bool,
+    /// Denied packets per second at most, c2c and egress each (upstream's
+    /// `iptables_denied_logs_per_sec`); 0 logs none.
+    pub denied_per_sec: u32,
+    /// The nflog group the kernel sends logged packets to.
+    pub nflog_group: u16,
+    pub file: PathBuf,
+}
+
+impl Default for TrafficLogs {
+    fn default() -> Self {
+        TrafficLogs {
+            c2c_accepted: false,
+            egress_accepted: false,
+            denied_per_sec: 0,
+            nflog_group: 7301,
+            file: "/var/vcap/sys/log/netagent/traffic.log".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -64,6 +101,8 @@ impl Default for Config {
             allow_non_loopback_listen: false,
             log_level: "info".into(),
             discovery: Default::default(),
+            no_masquerade_cidr_range: String::new(),
+            traffic_logs: TrafficLogs::default(),
         }
     }
 }
@@ -137,6 +176,12 @@ impl Config {
         if d.enabled && !(3..=3600).contains(&d.registration_ttl_secs) {
             return Err(ConfigError::Invalid("discovery.registration_ttl_secs must be 3 to 3600".into()));
         }
+        if self.no_masquerade().is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "no_masquerade_cidr_range {:?} is not an IPv4 CIDR",
+                self.no_masquerade_cidr_range
+            )));
+        }
         if self.lease_poll_interval_ms == 0 {
             return Err(ConfigError::Invalid("lease_poll_interval_ms must be positive".into()));
         }
@@ -145,9 +190,42 @@ impl Config {
 
     /// The overlay network address and prefix.
     pub fn overlay(&self) -> Option<(Ipv4Addr, u8)> {
-        let (a, p) = self.overlay_network.split_once('/')?;
-        let p: u8 = p.parse().ok().filter(|p| *p <= 32)?;
-        Some((a.parse().ok()?, p))
+        cidr(&self.overlay_network)
+    }
+
+    /// The destinations not masqueraded.
+    pub fn no_masquerade(&self) -> Option<(Ipv4Addr, u8)> {
+        if self.no_masquerade_cidr_range.is_empty() { self.overlay() } else { cidr(&self.no_masquerade_cidr_range) }
+    }
+
+    /// The cell's edge as the planner sees it.
+    pub fn edge(&self, logging: crate::enforcement::plan::Logging) -> Option<crate::enforcement::plan::Edge> {
+        Some(crate::enforcement::plan::Edge {
+            cell_ip: self.underlay_ip,
+            overlay: self.overlay()?,
+            no_masquerade: self.no_masquerade()?,
+            vtep: self.vtep_name.clone(),
+            logging,
+        })
+    }
+}
+
+/// `a.b.c.d/n`, the address reduced to its network.
+fn cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (a, p) = s.split_once('/')?;
+    let p: u8 = p.parse().ok().filter(|p| *p <= 32)?;
+    let a: Ipv4Addr = a.parse().ok()?;
+    let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+    Some((Ipv4Addr::from(u32::from(a) & mask), p))
+}
+
+impl TrafficLogs {
+    pub fn logging(&self) -> crate::enforcement::plan::Logging {
+        crate::enforcement::plan::Logging {
+            c2c_accepted: self.c2c_accepted,
+            egress_accepted: self.egress_accepted,
+            denied_per_sec: self.denied_per_sec,
+        }
     }
 }
 
@@ -165,6 +243,19 @@ mod tests {
         assert!(toml::from_str::<Config>("unknown = 1").is_err());
         let c: Config = toml::from_str("underlay_ip = \"10.0.0.2\"\nvtep_name = \"a b\"").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn masquerading_spares_the_overlay_unless_told_otherwise() {
+        let c: Config = toml::from_str("underlay_ip = \"10.0.0.2\"").unwrap();
+        assert_eq!(c.no_masquerade(), Some(("10.255.0.0".parse().unwrap(), 16)));
+        let c: Config =
+            toml::from_str("underlay_ip = \"10.0.0.2\"\nno_masquerade_cidr_range = \"10.0.0.7/8\"").unwrap();
+        assert_eq!(c.no_masquerade(), Some(("10.0.0.0".parse().unwrap(), 8)));
+        let c: Config = toml::from_str("underlay_ip = \"10.0.0.2\"\nno_masquerade_cidr_range = \"10.0.0.0\"").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("no_masquerade_cidr_range"));
+        let edge = Config { underlay_ip: "10.0.0.2".parse().unwrap(), ..Config::default() }.edge(Default::default());
+        assert_eq!(edge.unwrap().cell_ip, "10.0.0.2".parse::<Ipv4Addr>().unwrap());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// One container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
     pub handle: String,
     pub ip: String,
@@ -21,6 +21,13 @@ pub struct Container {
     /// `ports`, `container_workload`, and ours, `internal_routes`.
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
+    /// TCP port mappings, `[host port, container port]` (ours: upstream keeps them in
+    /// iptables only; readers of upstream's format ignore the key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_mappings: Vec<(u16, u16)>,
+    /// The runtime's egress rules (ours, as above).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net_out_rules: Vec<crate::enforcement::egress::EgressRule>,
 }
 
 impl Container {
@@ -37,6 +44,24 @@ impl Container {
         self.meta("space_id").filter(|s| !s.is_empty())
     }
 
+    /// `container_workload`: `app`, `task` or `staging`.
+    pub fn workload(&self) -> Option<&str> {
+        self.meta("container_workload")
+    }
+
+    /// As the planner sees it; None when the address is unreadable.
+    pub fn local(&self) -> Option<crate::enforcement::plan::LocalContainer> {
+        use crate::enforcement::{egress::Workload, plan::LocalContainer};
+        Some(LocalContainer {
+            ip: self.ip.parse().ok()?,
+            app: self.policy_group_id().map(str::to_string),
+            space: self.space_id().map(str::to_string),
+            workload: Workload::parse(self.workload()),
+            net_out: self.net_out_rules.clone(),
+            port_mappings: self.port_mappings.clone(),
+        })
+    }
+
     /// Internal routes (`app-b.apps.internal`), comma-separated in the metadata.
     pub fn internal_routes(&self) -> Vec<String> {
         self.meta("internal_routes")
@@ -49,6 +74,8 @@ impl Container {
 pub enum StoreError {
     #[error("container store {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("host port {port} is already mapped to container {handle}")]
+    PortTaken { port: u16, handle: String },
     #[error("container store {path} is not valid JSON ({source}); move it aside to start empty")]
     Corrupt { path: PathBuf, source: serde_json::Error },
 }
@@ -124,10 +151,20 @@ impl ContainerStore {
         Ok(out)
     }
 
+    /// Adds (or replaces) a container, unless another container already has one of its
+    /// host ports: then nothing changes and the error names that container.
     pub fn add(&self, c: Container) -> Result<(), StoreError> {
         self.update(|all| {
+            for (port, _) in &c.port_mappings {
+                if let Some(other) =
+                    all.values().find(|o| o.handle != c.handle && o.port_mappings.iter().any(|(p, _)| p == port))
+                {
+                    return Err(StoreError::PortTaken { port: *port, handle: other.handle.clone() });
+                }
+            }
             all.insert(c.handle.clone(), c);
-        })
+            Ok(())
+        })?
     }
 
     /// Removes a container; unknown handles are fine.
@@ -154,7 +191,26 @@ mod tests {
         let mut m = Map::new();
         m.insert("policy_group_id".into(), Value::String(app.into()));
         m.insert("internal_routes".into(), Value::String("app-b.apps.internal, 0.app-b.apps.internal".into()));
-        Container { handle: handle.into(), ip: ip.into(), metadata: Some(m) }
+        Container { handle: handle.into(), ip: ip.into(), metadata: Some(m), ..Container::default() }
+    }
+
+    #[test]
+    fn a_host_port_belongs_to_one_container() {
+        let d = dir();
+        let store = ContainerStore::new(d.join("store.json"));
+        let mapped = |handle: &str, ip: &str, port: u16| Container {
+            port_mappings: vec![(port, 8080)],
+            ..container(handle, ip, "app")
+        };
+        store.add(mapped("h1", "10.255.7.2", 61000)).unwrap();
+        let err = store.add(mapped("h2", "10.255.7.3", 61000)).unwrap_err().to_string();
+        assert_eq!(err, "host port 61000 is already mapped to container h1");
+        assert_eq!(store.all().unwrap().len(), 1, "nothing changed");
+        store.add(mapped("h1", "10.255.7.2", 61000)).unwrap();
+        store.add(mapped("h2", "10.255.7.3", 61001)).unwrap();
+        let raw: Value = serde_json::from_slice(&std::fs::read(d.join("store.json")).unwrap()).unwrap();
+        assert_eq!(raw["h2"]["port_mappings"], serde_json::json!([[61001, 8080]]));
+        let _ = std::fs::remove_dir_all(d);
     }
 
     #[test]

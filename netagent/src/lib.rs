@@ -6,6 +6,7 @@
 //! thin backends apply it.
 
 pub mod agent;
+pub mod asg_sync;
 pub mod backoff;
 pub mod cell_state;
 pub mod cni;

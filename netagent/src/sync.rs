@@ -56,10 +56,12 @@ struct State {
     /// Whether this agent has enforced at least once (until then, there is nothing of its
     /// own in the kernel to repair).
     enforced: bool,
+    /// The spaces `facts.groups` were fetched for (None: saved groups, or none yet).
+    asg_spaces: Option<String>,
 }
 
 pub struct PolicySync {
-    client: policy_client::Client,
+    pub(crate) client: policy_client::Client,
     store: ContainerStore,
     policies_file: PathBuf,
     state: Mutex<State>,
@@ -68,6 +70,9 @@ pub struct PolicySync {
     /// The control plane answered something else (the lease renewal): a watch waiting out
     /// its back-off tries again at once.
     pub resume: Notify,
+    /// The containers' spaces may have changed: the security group watch asks again.
+    pub asg_wake: Notify,
+    groups_file: PathBuf,
     /// The last container set read from the store, kept when the store cannot be read.
     last_local: std::sync::Mutex<Option<(Vec<LocalContainer>, String)>>,
     store_failing: AtomicBool,
@@ -110,7 +115,12 @@ impl PolicySync {
         facts: CellFacts,
     ) -> Arc<PolicySync> {
         let policies_file = state_dir.join("policies.json");
+        let groups_file = state_dir.join("security_groups.json");
         let saved = load_policies(&policies_file);
+        let mut facts = facts;
+        if facts.groups.is_empty() {
+            facts.groups = crate::asg_sync::load(&groups_file);
+        }
         if !saved.is_empty() {
             tracing::info!(policies = saved.len(), "enforcing the saved policies until the control plane answers");
         }
@@ -126,8 +136,11 @@ impl PolicySync {
                 etag: None,
                 ids: String::new(),
                 enforced: false,
+                asg_spaces: None,
             }),
             wake: Notify::new(),
+            asg_wake: Notify::new(),
+            groups_file,
             resume: Notify::new(),
             last_local: std::sync::Mutex::new(None),
             store_failing: AtomicBool::new(false),
@@ -144,16 +157,11 @@ impl PolicySync {
     /// The local containers and their apps' ids; on a store error, the last good ones. None
     /// when the store has never been read: then nothing may be enforced (an empty set would
     /// leave every existing container unguarded).
-    fn local(&self) -> Option<(Vec<LocalContainer>, String)> {
+    pub(crate) fn local(&self) -> Option<(Vec<LocalContainer>, String)> {
         let mut last = self.last_local.lock().unwrap_or_else(|e| e.into_inner());
         match self.store.all() {
             Ok(all) => {
-                let containers: Vec<LocalContainer> = all
-                    .values()
-                    .filter_map(|c| {
-                        Some(LocalContainer { ip: c.ip.parse().ok()?, app: c.policy_group_id().map(str::to_string) })
-                    })
-                    .collect();
+                let containers: Vec<LocalContainer> = all.values().filter_map(|c| c.local()).collect();
                 let ids: BTreeSet<String> = containers.iter().filter_map(|c| c.app.clone()).collect();
                 let ids = ids.into_iter().collect::<Vec<_>>().join(",");
                 self.store_failing.store(false, Ordering::Relaxed);
@@ -179,6 +187,40 @@ impl PolicySync {
         if let Some((containers, _)) = self.local() {
             self.enforce(&mut state, &containers);
         }
+    }
+
+    /// New security groups for the containers' `spaces`: enforce now, and keep them for a
+    /// restart without the control plane.
+    pub async fn set_groups(&self, spaces: &str, groups: Vec<crate::enforcement::egress::Group>) {
+        let mut state = self.state.lock().await;
+        state.asg_spaces = Some(spaces.to_string());
+        if state.facts.groups == groups {
+            return;
+        }
+        if let Err(e) = crate::asg_sync::save(&self.groups_file, &groups) {
+            tracing::warn!(file = %self.groups_file.display(), error = %e, "cannot save the security groups");
+        }
+        tracing::info!(groups = groups.len(), "security groups changed");
+        state.facts.groups = groups;
+        if let Some((containers, _)) = self.local() {
+            self.enforce(&mut state, &containers);
+        }
+    }
+
+    /// What is logged changed (the local API's toggle): enforce now.
+    pub async fn set_logging(&self, logging: crate::enforcement::plan::Logging) -> bool {
+        let mut state = self.state.lock().await;
+        let Some(edge) = state.facts.edge.as_mut() else { return false };
+        edge.logging = logging;
+        match self.local() {
+            Some((containers, _)) => self.enforce(&mut state, &containers),
+            None => true,
+        }
+    }
+
+    /// What is logged now.
+    pub async fn logging(&self) -> Option<crate::enforcement::plan::Logging> {
+        self.state.lock().await.facts.edge.as_ref().map(|e| e.logging)
     }
 
     /// Plans and applies; false when the kernel refused (what was there stays in force).
@@ -259,8 +301,27 @@ impl PolicySync {
         } else {
             state.policies.clear();
         }
+        // A container of a space new to this cell gets its space's groups before it runs
+        // (upstream's force-asgs-for-container); when they cannot be fetched it gets what
+        // the cell has, which denies more, never less.
+        let spaces = crate::asg_sync::spaces(&containers);
+        if state.facts.edge.is_some() && state.asg_spaces.as_deref() != Some(spaces.as_str()) {
+            match crate::asg_sync::fetch(&self.client, &spaces).await {
+                Ok(groups) => {
+                    if state.facts.groups != groups
+                        && let Err(e) = crate::asg_sync::save(&self.groups_file, &groups)
+                    {
+                        tracing::warn!(error = %e, "cannot save the security groups");
+                    }
+                    state.facts.groups = groups;
+                    state.asg_spaces = Some(spaces);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot fetch security groups; enforcing the last known ones"),
+            }
+        }
         let enforced = self.enforce(&mut state, &containers);
         self.wake.notify_one();
+        self.asg_wake.notify_one();
         enforced
     }
 

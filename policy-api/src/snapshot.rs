@@ -227,9 +227,10 @@ impl Snapshots {
         metrics::gauge!("c2c_snapshot_policies").set(next.policies.len() as f64);
         // A local write may have published a newer snapshot while this one was loading:
         // never go back; look again instead.
-        let (policies_moved, discovery_moved) = (
+        let (policies_moved, discovery_moved, asgs_moved) = (
             next.versions.policies != current.versions.policies,
             next.versions.discovery != current.versions.discovery,
+            next.versions.asgs != current.versions.asgs,
         );
         let mut next = Some(Arc::new(next));
         let published = self.tx.send_if_modified(|cur| {
@@ -248,6 +249,9 @@ impl Snapshots {
         }
         if discovery_moved {
             self.watchers.wake(&crate::watchers::Touched::Registrations);
+        }
+        if asgs_moved {
+            self.watchers.wake(&crate::watchers::Touched::SecurityGroups);
         }
         Ok(())
     }

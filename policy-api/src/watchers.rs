@@ -12,6 +12,8 @@ use tokio::sync::Notify;
 pub const ALL_POLICIES: &str = "policies";
 /// The key of watches on the discovery table.
 pub const REGISTRATIONS: &str = "registrations";
+/// The key of watches on security groups.
+pub const SECURITY_GROUPS: &str = "security_groups";
 
 /// The key of watches that name app `id`.
 pub fn app(id: &str) -> String {
@@ -26,6 +28,7 @@ pub enum Touched {
     /// Any policy (another replica's write, read back whole).
     AllPolicies,
     Registrations,
+    SecurityGroups,
 }
 
 #[derive(Default)]
@@ -100,6 +103,7 @@ impl Watchers {
                 }
             }
             Touched::Registrations => add(REGISTRATIONS),
+            Touched::SecurityGroups => add(SECURITY_GROUPS),
         }
         for n in woken.values() {
             n.notify_one();
@@ -120,6 +124,8 @@ mod tests {
         let c = w.register(vec![app("c")]);
         let all = w.register(vec![ALL_POLICIES.into()]);
         let dns = w.register(vec![REGISTRATIONS.into()]);
+        let asgs = w.register(vec![SECURITY_GROUPS.into()]);
+        assert_eq!(w.wake(&Touched::SecurityGroups), 1);
         assert_eq!(w.wake(&Touched::Apps(vec!["b".into()])), 2, "the watch on b and the one on everything");
         assert_eq!(w.wake(&Touched::Apps(vec!["a".into(), "b".into()])), 2, "a watch is woken once");
         assert_eq!(w.wake(&Touched::Apps(vec!["z".into()])), 1);
@@ -127,7 +133,7 @@ mod tests {
         assert_eq!(w.wake(&Touched::Registrations), 1);
         drop(c);
         assert_eq!(w.wake(&Touched::AllPolicies), 2, "a dropped watch is gone");
-        drop((a, all, dns));
+        drop((a, all, dns, asgs));
         assert!(w.inner.lock().unwrap().by_key.is_empty(), "nothing left behind");
     }
 

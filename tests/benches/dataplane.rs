@@ -69,6 +69,7 @@ fn facts() -> CellFacts {
     CellFacts {
         cells: cells.collect(),
         host: HostAccess { dns: [Ipv4Addr::new(169, 254, 0, 2)].into(), ..HostAccess::default() },
+        ..CellFacts::default()
     }
 }
 
@@ -231,9 +232,9 @@ fn main() {
     }
     // 250 containers on the cell: the two measured ones and 248 others (addresses only).
     let mut containers: Vec<LocalContainer> =
-        (0..248).map(|i| LocalContainer { ip: Ipv4Addr::new(10, 255, 1, 2 + i as u8), app: Some(app(i)) }).collect();
-    containers.push(LocalContainer { ip: ip_a, app: Some("bench-a".into()) });
-    containers.push(LocalContainer { ip: ip_b, app: Some("bench-b".into()) });
+        (0..248).map(|i| LocalContainer::new(Ipv4Addr::new(10, 255, 1, 2 + i as u8), Some(&app(i)))).collect();
+    containers.push(LocalContainer::new(ip_a, Some("bench-a")));
+    containers.push(LocalContainer::new(ip_b, Some("bench-b")));
 
     let asked: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     for backend in ["nftables", "iptables"] {

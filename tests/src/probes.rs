@@ -201,3 +201,45 @@ impl Drop for LineConnection {
         drop(self.server.take());
     }
 }
+
+/// A TCP server inside a namespace that tells each client the address it saw the client
+/// come from (to tell masqueraded traffic from the rest), until dropped.
+pub struct PeerServer {
+    _serving: Serving,
+}
+
+impl PeerServer {
+    pub fn start(ns: &Netns, ip: Ipv4Addr, port: u16) -> PeerServer {
+        let bind = move || {
+            let l = TcpListener::bind((ip, port))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        };
+        let serving = serve_in(ns, bind, |listener, stop| {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, peer)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.write_all(peer.ip().to_string().as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        PeerServer { _serving: serving }
+    }
+}
+
+/// From inside `ns`: connects to a [`PeerServer`] at `ip:port` and returns the address it
+/// saw, or None when no connection (or no answer) came about.
+pub fn seen_as(ns: &Netns, ip: Ipv4Addr, port: u16) -> Option<String> {
+    ns.spawn(move || {
+        let mut s = TcpStream::connect_timeout(&(ip, port).into(), CLIENT_TIMEOUT).ok()?;
+        s.set_read_timeout(Some(CLIENT_TIMEOUT)).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+    .join()
+    .unwrap()
+}

@@ -81,14 +81,8 @@ fn seed_scenario(setting: Enforcement) {
     container(c2, &a2, ip(2, 2));
     container(c2, &b, ip(2, 3));
     container(c1, &c, ip(1, 3));
-    let cell1 = vec![
-        LocalContainer { ip: ip(1, 2), app: Some("A".into()) },
-        LocalContainer { ip: ip(1, 3), app: Some("C".into()) },
-    ];
-    let cell2 = vec![
-        LocalContainer { ip: ip(2, 2), app: Some("A".into()) },
-        LocalContainer { ip: ip(2, 3), app: Some("B".into()) },
-    ];
+    let cell1 = vec![LocalContainer::new(ip(1, 2), Some("A")), LocalContainer::new(ip(1, 3), Some("C"))];
+    let cell2 = vec![LocalContainer::new(ip(2, 2), Some("A")), LocalContainer::new(ip(2, 3), Some("B"))];
     let mut policies = vec![pol("A", 1, "B", 2, Proto::Tcp, 8080, 8080), pol("A", 1, "C", 3, Proto::Udp, 5353, 5353)];
     let (e1, applied) = enforce(c1, new(), plan(&policies, &cell1));
     assert_eq!(applied, Applied::Full);
@@ -155,8 +149,8 @@ fn nftables_changes_over_netlink_read_back_and_drift_is_repaired() {
     require_root();
     let cell = Netns::new("nlcell");
     let containers = [
-        LocalContainer { ip: Ipv4Addr::new(10, 255, 1, 2), app: Some("A".into()) },
-        LocalContainer { ip: Ipv4Addr::new(10, 255, 1, 3), app: Some("B".into()) },
+        LocalContainer::new(Ipv4Addr::new(10, 255, 1, 2), Some("A")),
+        LocalContainer::new(Ipv4Addr::new(10, 255, 1, 3), Some("B")),
     ];
     let mut policies = vec![pol("A", 1, "B", 2, Proto::Tcp, 8080, 8080)];
     let (e, applied) = enforce(&cell, backend(Enforcement::Nftables), plan(&policies, &containers));

@@ -1,10 +1,12 @@
 //! What a runtime gives `c2c-cni`: `CNI_*` environment variables and the network
 //! configuration on stdin (with `runtimeConfig` and `args`).
 //!
-//! Container metadata is read from, in order: `args.cni.c2c` (an object), then `CNI_ARGS`
+//! Container metadata is read from, in order: `args.cni.c2c` (an object), the top-level
+//! `metadata` object Garden's external networker injects into every plugin, then `CNI_ARGS`
 //! keys. Keys: `app_id`/`policy_group_id` (the app GUID), `space_id`, `org_id`, `ports`,
-//! `container_workload`, `internal_routes` (comma-separated hostnames). `portMappings` comes
-//! from `runtimeConfig`.
+//! `container_workload`, `internal_routes` (comma-separated hostnames). `portMappings`
+//! (CNI's `hostPort`/`containerPort`, or the networker's `host_port`/`container_port`) and
+//! `netOutRules` (Garden's format) come from `runtimeConfig`.
 
 use std::collections::BTreeMap;
 
@@ -77,14 +79,38 @@ impl Env {
     }
 }
 
+/// One port mapping, as CNI's `portMappings` capability writes it (`hostPort`,
+/// `containerPort`) or as Garden's external networker passes its netin (`host_port`,
+/// `container_port`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PortMapping {
-    #[serde(rename = "hostPort")]
+    #[serde(rename = "hostPort", alias = "host_port")]
     pub host_port: u16,
-    #[serde(rename = "containerPort")]
+    #[serde(rename = "containerPort", alias = "container_port")]
     pub container_port: u16,
     #[serde(default)]
     pub protocol: Option<String>,
+    /// CNI's `hostIP`: mappings listen on the cell's underlay address whatever it says.
+    #[serde(default, rename = "hostIP")]
+    pub host_ip: Option<String>,
+}
+
+fn port_mappings(v: &Value) -> Result<Vec<PortMapping>, CniError> {
+    let at = |e: String| conf_error(format!("runtimeConfig.portMappings: {e}"));
+    let list: Vec<PortMapping> = serde_json::from_value(v.clone()).map_err(|e| at(e.to_string()))?;
+    for m in &list {
+        if m.host_port == 0 || m.container_port == 0 {
+            return Err(at(format!(
+                "ports must be 1-65535 (host {}, container {}); Garden's networker allocates host port 0 before it calls plugins",
+                m.host_port, m.container_port
+            )));
+        }
+        if m.protocol.as_deref().is_some_and(|p| !p.eq_ignore_ascii_case("tcp")) {
+            return Err(at(format!("only tcp mappings are forwarded, not {:?}", m.protocol.as_deref().unwrap_or(""))));
+        }
+    }
+    Ok(list)
 }
 
 /// Where netagent listens by default (its `listen`).
@@ -104,6 +130,8 @@ pub struct NetConf {
     /// Overrides the overlay MTU when non-zero.
     pub mtu: u32,
     pub port_mappings: Vec<PortMapping>,
+    /// `runtimeConfig.netOutRules`.
+    pub net_out_rules: Vec<crate::enforcement::egress::EgressRule>,
     pub metadata: Map<String, Value>,
     /// The previous plugin's result (when chained).
     pub prev_result: Option<Value>,
@@ -139,15 +167,26 @@ impl NetConf {
         };
         let port_mappings = match v.pointer("/runtimeConfig/portMappings") {
             None | Some(Value::Null) => Vec::new(),
-            Some(v) => {
-                serde_json::from_value(v.clone()).map_err(|e| conf_error(format!("runtimeConfig.portMappings: {e}")))?
-            }
+            Some(v) => port_mappings(v)?,
+        };
+        let net_out_rules = match v.pointer("/runtimeConfig/netOutRules") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => crate::enforcement::egress::from_garden(v).map_err(|e| conf_error(e.0))?,
         };
         let mut metadata: Map<String, Value> = match v.pointer("/args/cni/c2c") {
             Some(Value::Object(m)) => m.clone(),
             None | Some(Value::Null) => Map::new(),
             Some(_) => return Err(conf_error("args.cni.c2c must be an object")),
         };
+        match obj.get("metadata") {
+            Some(Value::Object(m)) => {
+                for (k, v) in m {
+                    metadata.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            None | Some(Value::Null) => {}
+            Some(_) => return Err(conf_error("metadata must be an object")),
+        }
         for (k, v) in &env.args {
             metadata.entry(k.to_lowercase()).or_insert_with(|| Value::String(v.clone()));
         }
@@ -163,6 +202,7 @@ impl NetConf {
             agent: s("agent").unwrap_or_else(|| DEFAULT_AGENT.into()),
             mtu,
             port_mappings,
+            net_out_rules,
             metadata,
             prev_result: obj.get("prevResult").cloned(),
         })
@@ -225,6 +265,44 @@ mod tests {
         assert_eq!(n.metadata["space_id"], "s1");
         let n = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"c2c"}"#, &add_env()).unwrap();
         assert_eq!(n.metadata["policy_group_id"], "app-a", "app_id from CNI_ARGS");
+    }
+
+    /// What Garden's external networker writes into each plugin of the list (spec §4.2).
+    #[test]
+    fn garden_external_networker_input() {
+        let conf = br#"{"cniVersion":"1.0.0","name":"c2c","type":"c2c-cni",
+            "metadata":{"policy_group_id":"app-g","app_id":"app-g","space_id":"space-1","org_id":"org-1",
+                "ports":"8080","container_workload":"app"},
+            "runtimeConfig":{"portMappings":[{"host_port":61000,"container_port":8080}],
+                "netOutRules":[{"protocol":1,"networks":[{"start":"10.0.0.1","end":"10.0.0.9"}],"ports":[{"start":443,"end":443}]}]}}"#;
+        let n = NetConf::parse(conf, &add_env()).unwrap();
+        assert_eq!(n.metadata["policy_group_id"], "app-g", "the networker's metadata wins over CNI_ARGS");
+        assert_eq!(n.metadata["space_id"], "space-1");
+        assert_eq!(n.metadata["container_workload"], "app");
+        assert_eq!((n.port_mappings[0].host_port, n.port_mappings[0].container_port), (61000, 8080));
+        assert_eq!(n.net_out_rules.len(), 1);
+        let both = br#"{"name":"c2c","runtimeConfig":{"portMappings":[{"hostPort":61001,"containerPort":8081,"protocol":"tcp","hostIP":""}]}}"#;
+        assert_eq!(NetConf::parse(both, &add_env()).unwrap().port_mappings[0].host_port, 61001);
+    }
+
+    #[test]
+    fn bad_runtime_config_is_refused_with_the_reason() {
+        let e = add_env();
+        for (conf, says) in [
+            (r#"{"name":"x","runtimeConfig":{"portMappings":[{"host_port":0,"container_port":8080}]}}"#, "1-65535"),
+            (
+                r#"{"name":"x","runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":2,"protocol":"udp"}]}}"#,
+                "only tcp",
+            ),
+            (r#"{"name":"x","runtimeConfig":{"portMappings":[{"container_port":8080}]}}"#, "missing field"),
+            (r#"{"name":"x","runtimeConfig":{"netOutRules":[{"protocol":7}]}}"#, "netOutRules[0]"),
+            (r#"{"name":"x","runtimeConfig":{"netOutRules":{}}}"#, "netOutRules"),
+            (r#"{"name":"x","metadata":"app"}"#, "metadata must be an object"),
+        ] {
+            let err = NetConf::parse(conf.as_bytes(), &e).unwrap_err();
+            assert_eq!(err.code, 7, "{conf}");
+            assert!(err.to_json().contains(says), "{conf}: {}", err.to_json());
+        }
     }
 
     #[test]

@@ -72,8 +72,13 @@ pub async fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
         return Err(io_error("wiring the container failed", e));
     }
     let store = ContainerStore::new(state_dir.join("containers.json"));
-    let record =
-        Container { handle: env.container_id.clone(), ip: ip.to_string(), metadata: Some(conf.metadata.clone()) };
+    let record = Container {
+        handle: env.container_id.clone(),
+        ip: ip.to_string(),
+        metadata: Some(conf.metadata.clone()),
+        port_mappings: conf.port_mappings.iter().map(|m| (m.host_port, m.container_port)).collect(),
+        net_out_rules: conf.net_out_rules.clone(),
+    };
     let undo = |e: CniError| async {
         let _ = crate::container_net::del(&nl, &env.netns, &env.ifname, Some(ip)).await;
         let _ = store.remove(&env.container_id);
@@ -81,7 +86,13 @@ pub async fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
         e
     };
     if let Err(e) = store.add(record) {
-        return Err(undo(io_error("container store", e)).await);
+        let e = match e {
+            taken @ crate::containers::StoreError::PortTaken { .. } => {
+                CniError::new(Code::InvalidConfig, "invalid network configuration", taken.to_string())
+            }
+            e => io_error("container store", e),
+        };
+        return Err(undo(e).await);
     }
     if let Err(e) = reconcile(&conf.agent).await {
         return Err(undo(e).await);

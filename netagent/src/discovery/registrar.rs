@@ -90,7 +90,7 @@ mod tests {
     fn container(ip: &str, routes: &str) -> Container {
         let mut meta = serde_json::Map::new();
         meta.insert("internal_routes".into(), routes.into());
-        Container { handle: ip.into(), ip: ip.into(), metadata: Some(meta) }
+        Container { handle: ip.into(), ip: ip.into(), metadata: Some(meta), ..Container::default() }
     }
 
     #[test]

@@ -12,34 +12,119 @@
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::plan::Ruleset;
+use super::egress::{EgressEntry, Kind};
+use super::nftables::{LOG_C2C_ACCEPTED, LOG_C2C_DENIED, LOG_EGRESS_ACCEPTED, LOG_EGRESS_DENIED};
+use super::plan::{Edge, Ruleset};
 use super::{Applied, EnforceError};
 use crate::naming::host_veth;
 
 pub const PREFIX: &str = "vpa--";
 pub const INPUT_PREFIX: &str = "c2c-in--";
+/// Containers' traffic out of the overlay (filter), port mappings (nat, from PREROUTING)
+/// and masquerading (nat, from POSTROUTING).
+pub const EGRESS_PREFIX: &str = "c2c-out--";
+pub const DNAT_PREFIX: &str = "c2c-dnat--";
+pub const SNAT_PREFIX: &str = "c2c-snat--";
 
-/// Our chains jumped from the built-in chain `hook` (`FORWARD` or `INPUT`).
-fn chains_in(hook: &str) -> Vec<String> {
-    let Ok(out) = Command::new("iptables").args(["-w", "-S", hook]).output() else { return Vec::new() };
+fn ours(chain: &str) -> bool {
+    [PREFIX, INPUT_PREFIX, EGRESS_PREFIX, DNAT_PREFIX, SNAT_PREFIX].iter().any(|p| chain.starts_with(p))
+}
+
+/// Our chains jumped from the built-in chain `hook` of `table`.
+fn chains_in(table: &str, hook: &str) -> Vec<String> {
+    let Ok(out) = Command::new("iptables").args(["-w", "-t", table, "-S", hook]).output() else { return Vec::new() };
     let jump = format!("-A {hook} -j ");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.strip_prefix(jump.as_str()))
-        .filter(|c| c.starts_with(PREFIX) || c.starts_with(INPUT_PREFIX))
+        .filter(|c| ours(c))
         .map(str::to_string)
         .collect()
 }
 
-/// Every chain of ours in the filter table, hooked or not.
-fn all_chains() -> Vec<String> {
-    let Ok(out) = Command::new("iptables").args(["-w", "-S"]).output() else { return Vec::new() };
+/// Every chain of ours in `table`, hooked or not.
+fn all_chains(table: &str) -> Vec<String> {
+    let Ok(out) = Command::new("iptables").args(["-w", "-t", table, "-S"]).output() else { return Vec::new() };
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.strip_prefix("-N "))
-        .filter(|c| c.starts_with(PREFIX) || c.starts_with(INPUT_PREFIX))
+        .filter(|c| ours(c))
         .map(str::to_string)
         .collect()
+}
+
+fn nflog(rs: &Ruleset, prefix: &str) -> String {
+    format!("-j NFLOG --nflog-group {} --nflog-prefix {prefix}", rs.log_group)
+}
+
+fn limited(per_sec: u32) -> String {
+    format!("-m limit --limit {per_sec}/sec --limit-burst {per_sec}")
+}
+
+/// The match of an egress entry.
+fn egress_matches(e: &EgressEntry) -> Vec<String> {
+    let dst = format!("-m iprange --dst-range {}-{}", e.first, e.last);
+    match e.kind {
+        Kind::All => vec![dst],
+        Kind::Tcp | Kind::Udp => {
+            let p = if e.kind == Kind::Tcp { "tcp" } else { "udp" };
+            vec![format!("{dst} -p {p} -m {p} --dport {}:{}", e.lo, e.hi)]
+        }
+        Kind::Icmp if e.lo == 0 && e.hi == 255 => vec![format!("{dst} -p icmp")],
+        Kind::Icmp if e.code_lo == 0 && e.code_hi == 255 => {
+            (e.lo..=e.hi).map(|t| format!("{dst} -p icmp -m icmp --icmp-type {t}")).collect()
+        }
+        Kind::Icmp => (e.lo..=e.hi)
+            .flat_map(|t| (e.code_lo..=e.code_hi).map(move |c| (t, c)))
+            .map(|(t, c)| format!("{dst} -p icmp -m icmp --icmp-type {t}/{c}"))
+            .collect(),
+    }
+}
+
+/// The egress chain: per container, the entries of its class; then the reject.
+pub fn egress_rules(chain: &str, rs: &Ruleset, edge: &Edge) -> Vec<String> {
+    let mut out = Vec::new();
+    for ip in &rs.host.dns {
+        for proto in ["udp", "tcp"] {
+            out.push(format!("-A {chain} -d {ip}/32 -p {proto} -m {proto} --dport 53 -j ACCEPT"));
+        }
+    }
+    for (ip, class) in &rs.egress_classes {
+        for e in rs.egress.iter().filter(|e| e.class == *class) {
+            for m in egress_matches(e) {
+                if e.log || edge.logging.egress_accepted {
+                    out.push(format!("-A {chain} -s {ip}/32 {m} {}", nflog(rs, LOG_EGRESS_ACCEPTED)));
+                }
+                out.push(format!("-A {chain} -s {ip}/32 {m} -j ACCEPT"));
+            }
+        }
+    }
+    if edge.logging.denied_per_sec > 0 {
+        out.push(format!("-A {chain} {} {}", limited(edge.logging.denied_per_sec), nflog(rs, LOG_EGRESS_DENIED)));
+    }
+    out.push(format!("-A {chain} -j REJECT --reject-with icmp-port-unreachable"));
+    out
+}
+
+/// The nat chains: port mappings, and masquerading each container.
+pub fn nat_rules(dnat: &str, snat: &str, rs: &Ruleset, edge: &Edge) -> Vec<String> {
+    let mut out: Vec<String> = rs
+        .forwards
+        .iter()
+        .map(|f| {
+            format!(
+                "-A {dnat} ! -i {FROM_CONTAINERS} -d {}/32 -p tcp -m tcp --dport {} -j DNAT --to-destination {}:{}",
+                edge.cell_ip, f.host_port, f.ip, f.port
+            )
+        })
+        .collect();
+    let (net, prefix) = edge.no_masquerade;
+    // Container to container on this cell keeps its source, whatever the range says.
+    out.push(format!("-A {snat} -o {FROM_CONTAINERS} -j RETURN"));
+    for ip in &rs.guarded {
+        out.push(format!("-A {snat} -s {ip}/32 ! -d {net}/{prefix} ! -o {} -j MASQUERADE", edge.vtep));
+    }
+    out
 }
 
 /// A packet from a container's interface that does not carry the container's address.
@@ -47,8 +132,8 @@ fn spoof_drops(chain: &str, rs: &Ruleset) -> Vec<String> {
     rs.guarded.iter().map(|ip| format!("-A {chain} -i {} ! -s {ip}/32 -j DROP", host_veth(*ip))).collect()
 }
 
-fn rule_count(chain: &str) -> Option<usize> {
-    let out = Command::new("iptables").args(["-w", "-S", chain]).output().ok()?;
+fn rule_count(table: &str, chain: &str) -> Option<usize> {
+    let out = Command::new("iptables").args(["-w", "-t", table, "-S", chain]).output().ok()?;
     if !out.status.success() {
         return None;
     }
@@ -63,14 +148,30 @@ pub fn rules(chain: &str, rs: &Ruleset) -> Vec<String> {
         out.push(format!("-A {chain} -i {FROM_CONTAINERS} -d {ip}/32 -j DROP"));
     }
     out.push(format!("-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"));
+    for f in &rs.forwards {
+        out.push(format!(
+            "-A {chain} ! -i {FROM_CONTAINERS} -d {}/32 -p tcp -m tcp --dport {} -m conntrack --ctstate DNAT -j ACCEPT",
+            f.ip, f.port
+        ));
+    }
     for (ip, tag) in &rs.marks {
         out.push(format!("-A {chain} -i {} -s {ip}/32 -j MARK --set-xmark 0x{tag:x}/0xffffffff", host_veth(*ip)));
     }
+    let logging = rs.edge.as_ref().map(|e| e.logging).unwrap_or_default();
     for a in &rs.allows {
         let proto = a.proto.as_str();
+        let m =
+            format!("-d {}/32 -p {proto} -m {proto} --dport {}:{} -m mark --mark 0x{:x}", a.dst, a.start, a.end, a.tag);
+        if logging.c2c_accepted {
+            out.push(format!("-A {chain} {m} -m conntrack --ctstate NEW {}", nflog(rs, LOG_C2C_ACCEPTED)));
+        }
+        out.push(format!("-A {chain} {m} -j ACCEPT"));
+    }
+    if logging.denied_per_sec > 0 && !rs.guarded.is_empty() {
         out.push(format!(
-            "-A {chain} -d {}/32 -p {proto} -m {proto} --dport {}:{} -m mark --mark 0x{:x} -j ACCEPT",
-            a.dst, a.start, a.end, a.tag
+            "-A {chain} -o {FROM_CONTAINERS} {} {}",
+            limited(logging.denied_per_sec),
+            nflog(rs, LOG_C2C_DENIED)
         ));
     }
     for ip in &rs.guarded {
@@ -98,26 +199,95 @@ pub fn input_rules(chain: &str, rs: &Ruleset) -> Vec<String> {
 /// The host ends of container veths.
 const FROM_CONTAINERS: &str = "s-+";
 
-/// New forward and input chains with the rules, each jumped to first, old chains unhooked
-/// and removed — one transaction.
-pub fn restore_input(stamp: u128, rs: &Ruleset, old: &[String], hooked: &[(String, &str)]) -> String {
-    let (forward, input) = (format!("{PREFIX}{stamp}"), format!("{INPUT_PREFIX}{stamp}"));
-    let mut s = String::from("*filter\n");
-    s.push_str(&format!(":{forward} - [0:0]\n:{input} - [0:0]\n"));
-    for r in rules(&forward, rs).into_iter().chain(input_rules(&input, rs)) {
-        s.push_str(&r);
-        s.push('\n');
-    }
-    s.push_str(&format!("-I FORWARD 1 -j {forward}\n-I INPUT 1 -j {input}\n"));
-    for o in old {
-        for (chain, hook) in hooked {
-            if chain == o {
-                s.push_str(&format!("-D {hook} -j {o}\n"));
-            }
+/// Our chains in one table: the old ones (and which built-in chain jumps to each).
+#[derive(Debug, Default, Clone)]
+pub struct Existing {
+    pub old: Vec<String>,
+    pub hooked: Vec<(String, &'static str)>,
+}
+
+impl Existing {
+    fn read(table: &str, hooks: &[&'static str]) -> Existing {
+        Existing {
+            old: all_chains(table),
+            hooked: hooks.iter().flat_map(|hook| chains_in(table, hook).into_iter().map(move |c| (c, *hook))).collect(),
         }
-        s.push_str(&format!("-F {o}\n-X {o}\n"));
     }
+
+    /// Unhooks and flushes every old chain before deleting any: one old chain jumps to
+    /// another, and a chain still jumped to cannot be deleted.
+    fn remove(&self, s: &mut String) {
+        for o in &self.old {
+            for (chain, hook) in &self.hooked {
+                if chain == o {
+                    s.push_str(&format!("-D {hook} -j {o}\n"));
+                }
+            }
+            s.push_str(&format!("-F {o}\n"));
+        }
+        for o in &self.old {
+            s.push_str(&format!("-X {o}\n"));
+        }
+    }
+}
+
+/// The whole table section: new chains with their rules, each jumped to first from its
+/// built-in chain, the old chains unhooked and removed.
+fn section(table: &str, chains: &[(String, &str, Vec<String>)], existing: &Existing) -> String {
+    let mut s = format!("*{table}\n");
+    for (chain, _, _) in chains {
+        s.push_str(&format!(":{chain} - [0:0]\n"));
+    }
+    for (_, _, rules) in chains {
+        for r in rules {
+            s.push_str(r);
+            s.push('\n');
+        }
+    }
+    for (chain, hook, _) in chains {
+        if !hook.is_empty() {
+            s.push_str(&format!("-I {hook} 1 -j {chain}\n"));
+        }
+    }
+    existing.remove(&mut s);
     s.push_str("COMMIT\n");
+    s
+}
+
+/// The filter chains of a stamp.
+fn filter_chains(stamp: u128, rs: &Ruleset) -> Vec<(String, &'static str, Vec<String>)> {
+    let (forward, input) = (format!("{PREFIX}{stamp}"), format!("{INPUT_PREFIX}{stamp}"));
+    let mut forward_rules = rules(&forward, rs);
+    let mut chains = Vec::new();
+    if let Some(edge) = &rs.edge {
+        let egress = format!("{EGRESS_PREFIX}{stamp}");
+        let (net, prefix) = edge.overlay;
+        forward_rules.push(format!("-A {forward} -i {FROM_CONTAINERS} ! -d {net}/{prefix} -j {egress}"));
+        chains.push((egress.clone(), "", egress_rules(&egress, rs, edge)));
+    }
+    let input_rules = input_rules(&input, rs);
+    chains.insert(0, (input, "INPUT", input_rules));
+    chains.insert(0, (forward, "FORWARD", forward_rules));
+    chains
+}
+
+/// The nat chains of a stamp (none without an edge).
+fn nat_chains(stamp: u128, rs: &Ruleset) -> Vec<(String, &'static str, Vec<String>)> {
+    let Some(edge) = &rs.edge else { return Vec::new() };
+    let (dnat, snat) = (format!("{DNAT_PREFIX}{stamp}"), format!("{SNAT_PREFIX}{stamp}"));
+    let all = nat_rules(&dnat, &snat, rs, edge);
+    let (d, s): (Vec<String>, Vec<String>) = all.into_iter().partition(|r| r.starts_with(&format!("-A {dnat} ")));
+    vec![(dnat, "PREROUTING", d), (snat, "POSTROUTING", s)]
+}
+
+/// New chains with the rules, each jumped to first, old chains unhooked and removed: the
+/// filter table, then the nat table.
+pub fn restore_input(stamp: u128, rs: &Ruleset, filter: &Existing, nat: &Existing) -> String {
+    let mut s = section("filter", &filter_chains(stamp, rs), filter);
+    let nat_chains = nat_chains(stamp, rs);
+    if !nat_chains.is_empty() || !nat.old.is_empty() {
+        s.push_str(&section("nat", &nat_chains, nat));
+    }
     s
 }
 
@@ -138,23 +308,24 @@ impl IptablesEnforcer {
 
     pub fn reconcile(&mut self, desired: &Ruleset) -> Result<Applied, EnforceError> {
         if let Some((stamp, current)) = &self.installed {
-            let (forward, input) = (format!("{PREFIX}{stamp}"), format!("{INPUT_PREFIX}{stamp}"));
-            let intact = chains_in("FORWARD").contains(&forward)
-                && chains_in("INPUT").contains(&input)
-                && rule_count(&forward) == Some(rules(&forward, desired).len())
-                && rule_count(&input) == Some(input_rules(&input, desired).len());
-            if current == desired && intact {
+            let intact = |table: &str, chains: Vec<(String, &str, Vec<String>)>| {
+                chains.iter().all(|(chain, hook, rules)| {
+                    (hook.is_empty() || chains_in(table, hook).contains(chain))
+                        && rule_count(table, chain) == Some(rules.len())
+                })
+            };
+            if current == desired
+                && intact("filter", filter_chains(*stamp, desired))
+                && intact("nat", nat_chains(*stamp, desired))
+            {
                 return Ok(Applied::Nothing);
             }
         }
         let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
         // Every older chain goes in the same transaction, also ones someone unhooked.
-        let old = all_chains();
-        let hooked: Vec<(String, &str)> = ["FORWARD", "INPUT"]
-            .into_iter()
-            .flat_map(|hook| chains_in(hook).into_iter().map(move |c| (c, hook)))
-            .collect();
-        restore(&restore_input(stamp, desired, &old, &hooked))?;
+        let filter = Existing::read("filter", &["FORWARD", "INPUT"]);
+        let nat = Existing::read("nat", &["PREROUTING", "POSTROUTING"]);
+        restore(&restore_input(stamp, desired, &filter, &nat))?;
         self.installed = Some((stamp, desired.clone()));
         Ok(Applied::Full)
     }
@@ -176,12 +347,19 @@ mod tests {
         assert!(r.contains(
             &"-A vpa--1 -d 10.255.1.3/32 -p tcp -m tcp --dport 7000:8000 -m mark --mark 0x1 -j ACCEPT".to_string()
         ));
-        let old = ["vpa--1".to_string(), "c2c-in--1".to_string()];
-        let hooked = [("vpa--1".to_string(), "FORWARD"), ("c2c-in--1".to_string(), "INPUT")];
-        let input = restore_input(2, &rs, &old, &hooked);
+        let filter = Existing {
+            old: vec!["vpa--1".to_string(), "c2c-in--1".to_string()],
+            hooked: vec![("vpa--1".to_string(), "FORWARD"), ("c2c-in--1".to_string(), "INPUT")],
+        };
+        let input = restore_input(2, &rs, &filter, &Existing::default());
+        assert!(!input.contains("*nat"), "no edge, no nat: {input}");
         assert!(input.contains("-I FORWARD 1 -j vpa--2\n-I INPUT 1 -j c2c-in--2\n"), "{input}");
-        assert!(input.contains("-D FORWARD -j vpa--1\n-F vpa--1\n-X vpa--1\n"), "{input}");
-        assert!(input.contains("-D INPUT -j c2c-in--1\n-F c2c-in--1\n-X c2c-in--1\n"), "{input}");
+        assert!(
+            input.contains(
+                "-D FORWARD -j vpa--1\n-F vpa--1\n-D INPUT -j c2c-in--1\n-F c2c-in--1\n-X vpa--1\n-X c2c-in--1\n"
+            ),
+            "{input}"
+        );
         assert!(input.starts_with("*filter\n:vpa--2 - [0:0]\n:c2c-in--2 - [0:0]\n") && input.ends_with("COMMIT\n"));
         assert!(
             input.contains("-A c2c-in--2 -i s-+ -j DROP\nCOMMIT") || input.contains("-A c2c-in--2 -i s-+ -j DROP\n-I"),

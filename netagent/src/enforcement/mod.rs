@@ -2,6 +2,7 @@
 //! install it: `nftables` (default; per-packet cost independent of the number of policies,
 //! changes applied as differences) and `iptables` (upstream's layout, for hosts that need it).
 
+pub mod egress;
 pub mod iptables;
 pub mod nf_netlink;
 pub mod nftables;

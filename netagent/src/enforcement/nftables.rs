@@ -12,8 +12,9 @@ use std::fmt::Write as _;
 
 use std::net::Ipv4Addr;
 
+use super::egress::{EgressEntry, Kind};
 use super::nf_netlink::{Element, NfNetlink, NfNetlinkError, SetChange};
-use super::plan::{Allow, Ruleset, RulesetDiff};
+use super::plan::{Allow, Edge, Forward, Ruleset, RulesetDiff};
 use super::{Applied, EnforceError};
 use crate::naming::host_veth;
 
@@ -64,18 +65,113 @@ fn input_rules(rs: &Ruleset) -> Vec<String> {
     rules
 }
 
-/// The rules of the `forward` chain: anti-spoofing, no cell addresses, then the policies.
-fn forward_rules() -> Vec<String> {
-    vec![
+/// `log group <g> prefix "<what>"`: hands the packet to netagent over nflog; the prefix
+/// says which rule matched.
+fn log(rs: &Ruleset, what: &str) -> String {
+    format!("log group {} prefix \"{what}\" ", rs.log_group)
+}
+
+/// `limit rate N/second log ...` for denied packets, when they are logged at all.
+fn log_denied(rs: &Ruleset, what: &str) -> Option<String> {
+    let per_sec = rs.edge.as_ref()?.logging.denied_per_sec;
+    (per_sec > 0).then(|| format!("limit rate {per_sec}/second burst {per_sec} packets {}", log(rs, what)))
+}
+
+/// The rules of the `forward` chain: anti-spoofing, no cell addresses, port mappings, then
+/// the policies; with an edge, traffic leaving the overlay goes through `egress`.
+fn forward_rules(rs: &Ruleset) -> Vec<String> {
+    let allowed = |set: &str| {
+        let logged = rs.edge.as_ref().is_some_and(|e| e.logging.c2c_accepted);
+        let log = if logged { log(rs, LOG_C2C_ACCEPTED) } else { String::new() };
+        format!("ip daddr @guarded ct state new ip daddr . meta l4proto . th dport . meta mark @{set} {log}accept")
+    };
+    let mut rules = vec![
         format!("{FROM_CONTAINER} iifname . ip saddr != @sources drop"),
         format!("{FROM_CONTAINER} ip daddr @cells drop"),
         "ct state established,related accept".into(),
-        "meta mark set ip saddr map @src_tags".into(),
-        "ip daddr @guarded ct state new ip daddr . meta l4proto . th dport . meta mark @allow accept".into(),
-        "ip daddr @guarded ct state new ip daddr . meta l4proto . th dport . meta mark @allow_ranges accept".into(),
-        "ip daddr @guarded drop".into(),
+    ];
+    if rs.edge.is_some() {
+        // Only what a mapping forwarded, only from outside the cell's containers: the
+        // router's way in. Policies do not apply to it, as upstream.
+        rules.push(format!("ct status dnat iifname != \"s-*\" ip daddr . tcp dport @forwarded accept"));
+    }
+    rules.push("meta mark set ip saddr map @src_tags".into());
+    rules.push(allowed("allow"));
+    rules.push(allowed("allow_ranges"));
+    rules.extend(log_denied(rs, LOG_C2C_DENIED).map(|l| format!("ip daddr @guarded {l}")));
+    rules.push("ip daddr @guarded drop".into());
+    if let Some(edge) = &rs.edge {
+        let (net, prefix) = edge.overlay;
+        rules.push(format!("{FROM_CONTAINER} ip daddr != {net}/{prefix} jump egress"));
+    }
+    rules
+}
+
+/// Log prefixes: what netagent's traffic log names as the rule that matched.
+pub const LOG_C2C_ACCEPTED: &str = "c2c-accept";
+pub const LOG_C2C_DENIED: &str = "c2c-deny";
+pub const LOG_EGRESS_ACCEPTED: &str = "egress-accept";
+pub const LOG_EGRESS_DENIED: &str = "egress-deny";
+
+/// The egress sets, by kind and whether their entries are logged.
+fn egress_set(e: &EgressEntry) -> &'static str {
+    match (e.kind, e.log) {
+        (Kind::All, false) => "egress_all",
+        (Kind::All, true) => "egress_all_log",
+        (Kind::Tcp | Kind::Udp, false) => "egress_ports",
+        (Kind::Tcp | Kind::Udp, true) => "egress_ports_log",
+        (Kind::Icmp, false) => "egress_icmp",
+        (Kind::Icmp, true) => "egress_icmp_log",
+    }
+}
+
+const EGRESS_SETS: [(&str, &str); 6] = [
+    ("egress_ports", "mark . ipv4_addr . inet_proto . inet_service"),
+    ("egress_ports_log", "mark . ipv4_addr . inet_proto . inet_service"),
+    ("egress_icmp", "mark . ipv4_addr . icmp_type . icmp_code"),
+    ("egress_icmp_log", "mark . ipv4_addr . icmp_type . icmp_code"),
+    ("egress_all", "mark . ipv4_addr"),
+    ("egress_all_log", "mark . ipv4_addr"),
+];
+
+/// The `egress` chain: a container's new connections out of the overlay, accepted when an
+/// entry of its class allows them, rejected otherwise. Lookups are in sets, so the cost per
+/// packet does not grow with the number of rules.
+fn egress_rules(rs: &Ruleset, edge: &Edge) -> Vec<String> {
+    let mut rules = Vec::new();
+    if let Some(dns) = elements(rs.host.dns.iter().map(|ip| ip.to_string())) {
+        rules.push(format!("ip daddr {{ {dns} }} meta l4proto {{ tcp, udp }} th dport 53 accept"));
+    }
+    rules.push("meta mark set 0".into());
+    rules.push("meta mark set ip saddr map @egress_class".into());
+    let always = log(rs, LOG_EGRESS_ACCEPTED);
+    let unflagged = if edge.logging.egress_accepted { always.clone() } else { String::new() };
+    for (set, log) in [("", &unflagged), ("_log", &always)] {
+        rules.push(format!("meta mark . ip daddr . meta l4proto . th dport @egress_ports{set} {log}accept"));
+        rules.push(format!(
+            "meta l4proto icmp meta mark . ip daddr . icmp type . icmp code @egress_icmp{set} {log}accept"
+        ));
+        rules.push(format!("meta mark . ip daddr @egress_all{set} {log}accept"));
+    }
+    rules.extend(log_denied(rs, LOG_EGRESS_DENIED));
+    rules.push("reject with icmp type port-unreachable".into());
+    rules
+}
+
+/// Port mappings in (`prerouting`) and masquerading out (`postrouting`).
+fn nat_rules(edge: &Edge) -> [Vec<String>; 2] {
+    let (net, prefix) = edge.no_masquerade;
+    [
+        vec![format!("{NOT_FROM_CONTAINER} ip daddr {} dnat ip to tcp dport map @forwards", edge.cell_ip)],
+        vec![format!(
+            "ip saddr @guarded ip daddr != {net}/{prefix} oifname != \"{}\" oifname != \"s-*\" masquerade",
+            edge.vtep
+        )],
     ]
 }
+
+/// Matches packets that do not come from a container.
+const NOT_FROM_CONTAINER: &str = "iifname != \"s-*\"";
 
 /// The whole table, replacing any previous one in the same transaction.
 pub fn full_script(rs: &Ruleset) -> String {
@@ -89,9 +185,27 @@ pub fn full_script(rs: &Ruleset) -> String {
     let _ = writeln!(s, "  set cells {{ type ipv4_addr; }}");
     let _ = writeln!(s, "  set allow {{ type ipv4_addr . inet_proto . inet_service . mark; }}");
     let _ = writeln!(s, "  set allow_ranges {{ type ipv4_addr . inet_proto . inet_service . mark; flags interval; }}");
-    for (chain, hook, rules) in [("input", "input", input_rules(rs)), ("forward", "forward", forward_rules())] {
+    let mut chains = vec![
+        ("input", Some("filter hook input priority -10"), input_rules(rs)),
+        ("forward", Some("filter hook forward priority -10"), forward_rules(rs)),
+    ];
+    if let Some(edge) = &rs.edge {
+        let _ = writeln!(s, "  map egress_class {{ type ipv4_addr : mark; }}");
+        for (set, kind) in EGRESS_SETS {
+            let _ = writeln!(s, "  set {set} {{ type {kind}; flags interval; }}");
+        }
+        let _ = writeln!(s, "  map forwards {{ type inet_service : ipv4_addr . inet_service; }}");
+        let _ = writeln!(s, "  set forwarded {{ type ipv4_addr . inet_service; }}");
+        let [pre, post] = nat_rules(edge);
+        chains.push(("egress", None, egress_rules(rs, edge)));
+        chains.push(("prerouting", Some("nat hook prerouting priority dstnat"), pre));
+        chains.push(("postrouting", Some("nat hook postrouting priority srcnat"), post));
+    }
+    for (chain, hook, rules) in chains {
         let _ = writeln!(s, "  chain {chain} {{");
-        let _ = writeln!(s, "    type filter hook {hook} priority -10; policy accept;");
+        if let Some(hook) = hook {
+            let _ = writeln!(s, "    type {hook}; policy accept;");
+        }
         for rule in rules {
             let _ = writeln!(s, "    {rule}");
         }
@@ -112,7 +226,38 @@ pub fn full_script(rs: &Ruleset) -> String {
     }
     let allows: Vec<Allow> = rs.allows.iter().copied().collect();
     s.push_str(&allow_lines("add", &allows));
+    if let Some(e) = elements(rs.egress_classes.iter().map(|(ip, class)| format!("{ip} : 0x{class:x}"))) {
+        let _ = writeln!(s, "add element ip {TABLE} egress_class {{ {e} }}");
+    }
+    for (set, _) in EGRESS_SETS {
+        if let Some(e) = elements(rs.egress.iter().filter(|e| egress_set(e) == set).map(egress_text)) {
+            let _ = writeln!(s, "add element ip {TABLE} {set} {{ {e} }}");
+        }
+    }
+    if let Some(e) = elements(rs.forwards.iter().map(|f| format!("{} : {} . {}", f.host_port, f.ip, f.port))) {
+        let _ = writeln!(s, "add element ip {TABLE} forwards {{ {e} }}");
+    }
+    if let Some(e) = elements(rs.forwards.iter().map(|f| format!("{} . {}", f.ip, f.port))) {
+        let _ = writeln!(s, "add element ip {TABLE} forwarded {{ {e} }}");
+    }
     s
+}
+
+fn egress_text(e: &EgressEntry) -> String {
+    let range = |lo: String, hi: String| if lo == hi { lo } else { format!("{lo}-{hi}") };
+    let head = format!("0x{:x} . {}", e.class, range(e.first.to_string(), e.last.to_string()));
+    match e.kind {
+        Kind::All => head,
+        Kind::Tcp | Kind::Udp => {
+            let proto = if e.kind == Kind::Tcp { "tcp" } else { "udp" };
+            format!("{head} . {proto} . {}", range(e.lo.to_string(), e.hi.to_string()))
+        }
+        Kind::Icmp => format!(
+            "{head} . {} . {}",
+            range(e.lo.to_string(), e.hi.to_string()),
+            range(e.code_lo.to_string(), e.code_hi.to_string())
+        ),
+    }
 }
 
 /// Runs a script through `nft -f -` (one transaction).
@@ -164,6 +309,56 @@ fn mark(ip: &Ipv4Addr, tag: u16) -> Element {
     Element { key: ip.octets().to_vec(), key_end: None, data: Some(u32::from(tag).to_ne_bytes().to_vec()) }
 }
 
+/// Each field of a concatenation in its own 4-byte register.
+fn register(bytes: &[u8]) -> [u8; 4] {
+    let mut r = [0u8; 4];
+    r[..bytes.len()].copy_from_slice(bytes);
+    r
+}
+
+/// An egress entry: every field a range (the class and the kind's protocol exact), the
+/// class compared in network order as in any interval set.
+fn egress_element(e: &EgressEntry) -> (&'static str, Element) {
+    let key = |ip: Ipv4Addr, a: u16, b: u8| {
+        let mut k = Vec::with_capacity(16);
+        k.extend_from_slice(&e.class.to_be_bytes());
+        k.extend_from_slice(&ip.octets());
+        match e.kind {
+            Kind::All => {}
+            Kind::Tcp | Kind::Udp => {
+                k.extend_from_slice(&register(&[if e.kind == Kind::Tcp { 6 } else { 17 }]));
+                k.extend_from_slice(&register(&a.to_be_bytes()));
+            }
+            Kind::Icmp => {
+                k.extend_from_slice(&register(&[a as u8]));
+                k.extend_from_slice(&register(&[b]));
+            }
+        }
+        k
+    };
+    let element =
+        Element { key: key(e.first, e.lo, e.code_lo), key_end: Some(key(e.last, e.hi, e.code_hi)), data: None };
+    (egress_set(e), element)
+}
+
+fn class_element(ip: &Ipv4Addr, class: u32) -> Element {
+    Element { key: ip.octets().to_vec(), key_end: None, data: Some(class.to_ne_bytes().to_vec()) }
+}
+
+/// `inet_service : ipv4_addr . inet_service`: the host port alone (2 bytes), the target in
+/// two registers.
+fn forward_element(f: &Forward) -> Element {
+    let mut data = f.ip.octets().to_vec();
+    data.extend_from_slice(&register(&f.port.to_be_bytes()));
+    Element { key: f.host_port.to_be_bytes().to_vec(), key_end: None, data: Some(data) }
+}
+
+fn forwarded_element(f: &Forward) -> Element {
+    let mut key = f.ip.octets().to_vec();
+    key.extend_from_slice(&register(&f.port.to_be_bytes()));
+    Element { key, key_end: None, data: None }
+}
+
 /// The difference as set-element changes, in the order `diff_script` uses.
 pub fn changes(d: &RulesetDiff) -> Vec<SetChange> {
     fn change(set: &'static str, add: bool, elements: Vec<Element>) -> Option<SetChange> {
@@ -176,6 +371,32 @@ pub fn changes(d: &RulesetDiff) -> Vec<SetChange> {
     };
     let [remove_single, remove_ranges] = allows(false, &d.remove_allows);
     let [add_single, add_ranges] = allows(true, &d.add_allows);
+    let egress = |add: bool, list: &[EgressEntry]| {
+        EGRESS_SETS.map(|(set, _)| {
+            let mine = list.iter().map(egress_element).filter(|(s, _)| *s == set).map(|(_, e)| e).collect();
+            change(set, add, mine)
+        })
+    };
+    let edge = [
+        egress(false, &d.remove_egress).to_vec(),
+        vec![
+            change("egress_class", false, d.remove_classes.iter().map(address).collect()),
+            change(
+                "forwards",
+                false,
+                d.remove_forwards
+                    .iter()
+                    .map(|f| Element { key: f.host_port.to_be_bytes().to_vec(), key_end: None, data: None })
+                    .collect(),
+            ),
+            change("forwarded", false, d.remove_forwards.iter().map(forwarded_element).collect()),
+            change("forwarded", true, d.add_forwards.iter().map(forwarded_element).collect()),
+            change("forwards", true, d.add_forwards.iter().map(forward_element).collect()),
+            change("egress_class", true, d.add_classes.iter().map(|(ip, c)| class_element(ip, *c)).collect()),
+        ],
+        egress(true, &d.add_egress).to_vec(),
+    ]
+    .concat();
     [
         remove_single,
         remove_ranges,
@@ -191,6 +412,7 @@ pub fn changes(d: &RulesetDiff) -> Vec<SetChange> {
         add_ranges,
     ]
     .into_iter()
+    .chain(edge)
     .flatten()
     .collect()
 }
@@ -198,20 +420,36 @@ pub fn changes(d: &RulesetDiff) -> Vec<SetChange> {
 /// Whether the kernel holds `rs` as far as counting tells: the table with its rules, and
 /// as many elements in each set as `rs` puts there.
 fn holds(nl: &mut NfNetlink, rs: &Ruleset) -> Result<bool, NfNetlinkError> {
-    if nl.count_rules(TABLE, "forward")? != forward_rules().len()
+    if nl.count_rules(TABLE, "forward")? != forward_rules(rs).len()
         || nl.count_rules(TABLE, "input")? != input_rules(rs).len()
     {
         return Ok(false);
     }
     let ranges = rs.allows.iter().filter(|a| a.start != a.end).count();
-    for (set, n) in [
+    let mut counts = vec![
         ("src_tags", rs.marks.len()),
         ("guarded", rs.guarded.len()),
         ("sources", rs.guarded.len()),
         ("cells", rs.cells.len()),
         ("allow", rs.allows.len() - ranges),
         ("allow_ranges", ranges),
-    ] {
+    ];
+    if let Some(edge) = &rs.edge {
+        let [pre, post] = nat_rules(edge);
+        if nl.count_rules(TABLE, "egress")? != egress_rules(rs, edge).len()
+            || nl.count_rules(TABLE, "prerouting")? != pre.len()
+            || nl.count_rules(TABLE, "postrouting")? != post.len()
+        {
+            return Ok(false);
+        }
+        counts.push(("egress_class", rs.egress_classes.len()));
+        counts.push(("forwards", rs.forwards.len()));
+        counts.push(("forwarded", rs.forwards.len()));
+        for (set, _) in EGRESS_SETS {
+            counts.push((set, rs.egress.iter().filter(|e| egress_set(e) == set).count()));
+        }
+    }
+    for (set, n) in counts {
         if nl.count_elements(TABLE, set)? != Some(n) {
             return Ok(false);
         }
@@ -265,8 +503,9 @@ impl Enforcer {
                 break;
             }
             self.verified = Some(generation);
-            if current.host != desired.host {
-                // What containers may reach on the host is written in rules, not sets.
+            if current.host != desired.host || current.edge != desired.edge || current.log_group != desired.log_group {
+                // What containers may reach on the host, the cell's edge and logging are
+                // written in rules, not sets.
                 break;
             }
             let d = super::plan::diff(current, desired);

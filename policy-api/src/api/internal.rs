@@ -128,9 +128,14 @@ pub async fn create_tag(State(state): State<AppState>, body: Body) -> Result<Res
     Ok(json_body(StatusCode::OK, serde_json::to_vec(&tag).expect("JSON")))
 }
 
-/// `GET .../security_groups?space_guids=a,b&limit=N&from=ID`.
-pub async fn security_groups(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+/// `GET .../security_groups?space_guids=a,b&limit=N&from=ID[&wait=30s]`.
+pub async fn security_groups(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
     let params = first_params(query.as_deref());
+    let wait = wait_of(&state, &params)?;
     // Deviation: upstream answers 500 for a non-integer; it is the caller's mistake, so 400.
     // An empty value means the parameter is absent.
     let from = match params.get("from").filter(|v| !v.is_empty()) {
@@ -145,10 +150,17 @@ pub async fn security_groups(State(state): State<AppState>, RawQuery(query): Raw
         .get("space_guids")
         .map(|s| s.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
         .unwrap_or_default();
-    let snapshot = state.snapshots.current();
-    let (groups, next) = crate::asgs::page(&snapshot.security_groups, &spaces, from, limit);
-    let body = serde_json::json!({ "next": next, "security_groups": groups });
-    Ok(json_body(StatusCode::OK, serde_json::to_vec(&body).expect("JSON")))
+    let key = format!("sg:{from}:{limit}:{}", spaces.join(","));
+    let render = |s: &crate::snapshot::Snapshot| {
+        s.rendered(key.clone(), || {
+            let (groups, next) = crate::asgs::page(&s.security_groups, &spaces, from, limit);
+            serde_json::to_vec(&serde_json::json!({ "next": next, "security_groups": groups })).expect("JSON")
+        })
+    };
+    let inm = if_none_match(&headers);
+    let keys = || vec![crate::watchers::SECURITY_GROUPS.to_string()];
+    let answer = watch_answer(&state.snapshots, keys, inm, wait, render).await;
+    Ok(answer_response(&answer, inm))
 }
 
 fn lease_error(e: LeaseStoreError) -> ApiError {

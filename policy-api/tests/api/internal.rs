@@ -210,7 +210,7 @@ pub async fn security_groups_are_synced_and_paged(backend: Backend) {
     h.cf.cc.put_security_group(sg("sg-3", false, &["space-2"]));
     let cell = h.cell();
     eventually("three synced groups", || async {
-        cell.internal_security_groups(None, None, Some("space-1,space-2"))
+        cell.internal_security_groups(None, None, Some("space-1,space-2"), None, None)
             .await
             .unwrap()
             .into_inner()
@@ -219,29 +219,42 @@ pub async fn security_groups_are_synced_and_paged(backend: Backend) {
             == 3
     })
     .await;
-    let global = cell.internal_security_groups(None, None, None).await.unwrap().into_inner();
+    let global = cell.internal_security_groups(None, None, None, None, None).await.unwrap().into_inner();
     assert_eq!(global.security_groups.len(), 1);
     assert_eq!(
         global.security_groups[0].rules,
         r#"[{"protocol":"tcp","destination":"10.0.0.0/8","ports":"443","type":0,"code":0,"description":"","log":false}]"#
     );
-    let page = cell.internal_security_groups(None, Some("2"), Some("space-1,space-2")).await.unwrap().into_inner();
+    let page =
+        cell.internal_security_groups(None, Some("2"), Some("space-1,space-2"), None, None).await.unwrap().into_inner();
     assert_eq!(page.security_groups.len(), 2);
     assert!(page.next > 0);
     let next = page.next.to_string();
-    let rest =
-        cell.internal_security_groups(Some(&next), Some("2"), Some("space-1,space-2")).await.unwrap().into_inner();
+    let rest = cell
+        .internal_security_groups(Some(&next), Some("2"), Some("space-1,space-2"), None, None)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((rest.security_groups.len(), rest.next), (1, 0));
-    let err = cell.internal_security_groups(Some("x"), None, None).await.unwrap_err();
+    let err = cell.internal_security_groups(Some("x"), None, None, None, None).await.unwrap_err();
     assert_eq!((error_status(&err), error_message(&err)), (Some(400), Some("invalid value for 'from' parameter")));
-    let err = cell.internal_security_groups(None, Some("-1"), None).await.unwrap_err();
+    let err = cell.internal_security_groups(None, Some("-1"), None, None, None).await.unwrap_err();
     assert_eq!((error_status(&err), error_message(&err)), (Some(400), Some("invalid value for 'limit' parameter")));
-    let empty = cell.internal_security_groups(Some(""), Some(""), Some("space-1,space-2")).await.unwrap().into_inner();
+    let empty = cell
+        .internal_security_groups(Some(""), Some(""), Some("space-1,space-2"), None, None)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(empty.security_groups.len(), 3, "empty values mean absent");
     // Deletions in Cloud Controller are mirrored.
     h.cf.cc.delete_security_group("sg-3");
     eventually("the deletion", || async {
-        cell.internal_security_groups(None, None, Some("space-2")).await.unwrap().into_inner().security_groups.len()
+        cell.internal_security_groups(None, None, Some("space-2"), None, None)
+            .await
+            .unwrap()
+            .into_inner()
+            .security_groups
+            .len()
             == 1
     })
     .await;
