@@ -57,7 +57,7 @@ pub struct Role {
 }
 
 /// An application security group as Cloud Controller v3 holds it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SecurityGroup {
     pub guid: String,
     pub name: String,

@@ -18,6 +18,9 @@ pub const ADDRESS: &str = "10.254.250.254";
 enum Change {
     Create,
     Delete,
+    /// Adds or replaces a security group in the Cloud Controller double (the ASG sync
+    /// picks it up at its interval).
+    PutGroup(Box<testkit::cloud_controller::SecurityGroup>),
 }
 
 type Request = (Change, Vec<Policy>, mpsc::Sender<Result<(), String>>);
@@ -91,6 +94,10 @@ impl ControlPlane {
                     let r = match change {
                         Change::Create => admin.create_policies(&body).await.map(|_| ()),
                         Change::Delete => admin.delete_policies(&body).await.map(|_| ()),
+                        Change::PutGroup(group) => {
+                            cf.cc.put_security_group(*group);
+                            Ok(())
+                        }
                     };
                     let _ =
                         reply.send(r.map_err(|e| {
@@ -129,6 +136,11 @@ impl ControlPlane {
 
     pub fn delete(&self, policies: Vec<Policy>) -> anyhow::Result<()> {
         self.ask(Change::Delete, policies)
+    }
+
+    /// Adds or replaces a security group in Cloud Controller.
+    pub fn put_security_group(&self, group: testkit::cloud_controller::SecurityGroup) -> anyhow::Result<()> {
+        self.ask(Change::PutGroup(Box::new(group)), Vec::new())
     }
 }
 
