@@ -191,6 +191,18 @@ impl Agent {
         tasks.push(tokio::spawn(policies.clone().run(stopped.clone())));
         if config.enforcement != Enforcement::None {
             tasks.push(tokio::spawn(crate::asg_sync::run(policies.clone(), stopped.clone())));
+            let store = crate::containers::ContainerStore::new(config.state_dir.join("containers.json"));
+            let done = Arc::new(AtomicBool::new(false));
+            match crate::traffic_log::spawn(&config.traffic_logs, store, policies.clone(), done.clone()) {
+                Ok(_thread) => {
+                    let mut stopped = stopped.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let _ = stopped.changed().await;
+                        done.store(true, Ordering::Relaxed);
+                    }));
+                }
+                Err(e) => tracing::warn!(error = %e, "traffic logs are not available"),
+            }
         }
 
         // The converge loop.

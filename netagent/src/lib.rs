@@ -22,3 +22,4 @@ pub mod netlink;
 pub mod overlay;
 pub mod sync;
 pub mod telemetry;
+pub mod traffic_log;

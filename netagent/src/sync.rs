@@ -70,6 +70,9 @@ pub struct PolicySync {
     /// The control plane answered something else (the lease renewal): a watch waiting out
     /// its back-off tries again at once.
     pub resume: Notify,
+    /// App GUIDs by tag, for the traffic log (a c2c source on another cell is known by its
+    /// tag only).
+    tags: std::sync::Mutex<Arc<std::collections::HashMap<u16, String>>>,
     /// The containers' spaces may have changed: the security group watch asks again.
     pub asg_wake: Notify,
     groups_file: PathBuf,
@@ -140,6 +143,7 @@ impl PolicySync {
             }),
             wake: Notify::new(),
             asg_wake: Notify::new(),
+            tags: Default::default(),
             groups_file,
             resume: Notify::new(),
             last_local: std::sync::Mutex::new(None),
@@ -218,6 +222,11 @@ impl PolicySync {
         }
     }
 
+    /// The app a tag stands for, as far as this cell's policies tell.
+    pub fn app_of_tag(&self, tag: u16) -> Option<String> {
+        self.tags.lock().unwrap_or_else(|e| e.into_inner()).get(&tag).cloned()
+    }
+
     /// What is logged now.
     pub async fn logging(&self) -> Option<crate::enforcement::plan::Logging> {
         self.state.lock().await.facts.edge.as_ref().map(|e| e.logging)
@@ -227,6 +236,14 @@ impl PolicySync {
     /// A failed round forgets the ETag, so the next watch request answers at once and the
     /// change is tried again rather than at the next quiet round.
     fn enforce(&self, state: &mut State, containers: &[LocalContainer]) -> bool {
+        if state.persisted != state.policies || self.tags.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            let tags = state
+                .policies
+                .iter()
+                .flat_map(|p| [(p.source_tag, p.source.clone()), (p.destination_tag, p.destination.clone())])
+                .collect();
+            *self.tags.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(tags);
+        }
         let started = std::time::Instant::now();
         let desired = plan_cell(&state.policies, containers, &state.facts);
         let planned = started.elapsed();

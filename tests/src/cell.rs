@@ -74,6 +74,7 @@ pub fn config(
         lease_poll_interval_ms: options.lease_poll_interval_ms,
         enforcement: options.enforcement,
         discovery: options.discovery.clone(),
+        traffic_logs: netagent::config::TrafficLogs { file: state_dir.join("traffic.log"), ..Default::default() },
         ..Config::default()
     }
 }
@@ -192,6 +193,21 @@ impl CellAgent {
                 Err(_) => String::new(),
             }
         })
+    }
+
+    /// `PUT` of a JSON body to the agent's local API; its status and body.
+    pub fn put(&self, cell: &Netns, path: &str, body: serde_json::Value) -> (u16, String) {
+        let url = format!("{}{path}", self.url);
+        cell.run(move || async move {
+            let r = reqwest::Client::new().put(url).json(&body).send().await.expect("the local API answers");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        })
+    }
+
+    /// The cell's traffic log, one JSON value per line.
+    pub fn traffic_log(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.state.join("traffic.log")).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect()
     }
 
     /// A value from the agent's `/metrics`: the first sample whose line starts with `name`

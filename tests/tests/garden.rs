@@ -140,6 +140,41 @@ fn garden_cell(setting: Enforcement) {
     cp.create(vec![policy("app-w", "app-g", 9000)]).unwrap();
     eventually("the policy reaches the container", || seen_as(&worker, web_ip, 9000).is_some());
 
+    // Traffic logs, switched on at run time: one JSON line per logged event.
+    let logging = json!({"c2c_accepted": true, "egress_accepted": true, "denied_per_sec": 100});
+    let (status, body) = agent.put(cell, "/traffic-logs", logging.clone());
+    assert_eq!((status, serde_json::from_str::<serde_json::Value>(&body).unwrap()), (200, logging.clone()));
+    assert_eq!(agent.put(cell, "/traffic-logs", json!({"c2c": 1})).0, 400, "a bad toggle changes nothing");
+    assert!(seen_as(&worker, web_ip, 9000).is_some());
+    assert_eq!(seen_as(&worker, web_ip, 9001), None);
+    assert_eq!(seen_as(&web, OUTSIDE, 443), cell_ip);
+    assert_eq!(seen_as(&web, OUTSIDE, 444), None);
+    let find =
+        |rule: &str, port: u16| agent.traffic_log().into_iter().find(|l| l["rule"] == rule && l["dst_port"] == port);
+    eventually("a line for each logged event", || {
+        find("c2c-accept", 9000).is_some()
+            && find("c2c-deny", 9001).is_some()
+            && find("egress-accept", 443).is_some()
+            && find("egress-deny", 444).is_some()
+    });
+    let accepted = find("c2c-accept", 9000).unwrap();
+    assert_eq!(accepted["verdict"], "accept");
+    assert_eq!(accepted["source"]["app_guid"], "app-w");
+    assert_eq!(accepted["source"]["container_handle"], "worker-handle");
+    assert_eq!(accepted["destination"]["app_guid"], "app-g");
+    assert_eq!(accepted["dst_ip"], web_ip.to_string());
+    let denied = find("egress-deny", 444).unwrap();
+    assert_eq!((denied["verdict"].as_str(), denied["protocol"].as_str()), (Some("deny"), Some("tcp")));
+    assert_eq!(denied["source"]["space_guid"], "space-1");
+    // Off is off: a denial while off leaves no line, though one after it, back on, does.
+    let off = json!({"c2c_accepted": false, "egress_accepted": false, "denied_per_sec": 0});
+    assert_eq!(agent.put(cell, "/traffic-logs", off).0, 200);
+    assert_eq!(seen_as(&web, OUTSIDE, 445), None);
+    assert_eq!(agent.put(cell, "/traffic-logs", logging).0, 200);
+    assert_eq!(seen_as(&web, OUTSIDE, 446), None);
+    eventually("the line of the denial after logging is back", || find("egress-deny", 446).is_some());
+    assert!(find("egress-deny", 445).is_none(), "nothing was logged while off");
+
     // An ASG change reaches the running container without a restart.
     cp.put_security_group(group("443-444")).unwrap();
     let changed = Instant::now();
