@@ -4,12 +4,15 @@
 //!
 //!     cargo bench -p system-tests --bench dataplane              # both backends
 //!     cargo bench -p system-tests --bench dataplane -- nftables  # one of them
+//!     cargo bench -p system-tests --bench dataplane -- egress    # ASGs only (and a backend)
 //!
 //! Measures, in throwaway namespaces: applying the full ruleset; applying one added policy
 //! with 10k installed (median of 20); and through the cell (container → container,
 //! forwarded and checked against the ruleset) the TCP connect rate and connect latency
 //! (new connections, which the policies decide), the round trip of a request on an
-//! established connection, and bulk throughput.
+//! established connection, and bulk throughput. Then egress: a container's connect rate to
+//! a host outside the overlay (masqueraded) with 1,000 ASG rules over 100 spaces installed,
+//! against only the one group that allows it.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -237,15 +240,125 @@ fn main() {
     containers.push(LocalContainer::new(ip_b, Some("bench-b")));
 
     let asked: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let egress_only = asked.iter().any(|a| a == "egress");
     for backend in ["nftables", "iptables"] {
-        if !asked.is_empty() && !asked.iter().any(|a| a == backend) {
+        let named = asked.iter().any(|a| a == "nftables" || a == "iptables");
+        if named && !asked.iter().any(|a| a == backend) {
             continue;
         }
         println!("{backend} backend, one cell, {} containers", containers.len());
-        programming(&cell, backend, &containers);
-        per_packet(&cell, (&a, &b, ip_b), backend, &containers);
+        if !egress_only {
+            programming(&cell, backend, &containers);
+            per_packet(&cell, (&a, &b, ip_b), backend, &containers);
+        }
+        egress(&cell, &a, ip_a, backend);
         // Leave the cell clean for the next backend.
-        let _ = std::process::Command::new("ip").args(["netns", "exec", &cell.0, "nft", "flush", "ruleset"]).status();
+        for cmd in [&["nft", "flush", "ruleset"][..], &["iptables", "-F"], &["iptables", "-t", "nat", "-F"]] {
+            let _ = std::process::Command::new("ip").args(["netns", "exec", &cell.0]).args(cmd).status();
+        }
+    }
+}
+
+/// The host outside the overlay: 192.0.2.2, the cell 192.0.2.1 on a veth between them.
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+/// The egress rulesets: 250 containers in 100 spaces (A in its own), and either only A's
+/// group (tcp to the outside host) or that and 100 groups of 10 rules, one per space.
+fn egress_rulesets(ip_a: Ipv4Addr) -> [(String, Ruleset); 2] {
+    use netagent::enforcement::egress::{EgressRule, Group, Matches, Workload};
+    use netagent::enforcement::plan::Edge;
+    let mut containers: Vec<LocalContainer> = (0..248)
+        .map(|i| LocalContainer {
+            space: Some(format!("space-{}", i % 100)),
+            workload: Workload::Running,
+            ..LocalContainer::new(Ipv4Addr::new(10, 255, 1, 2 + i as u8), Some(&app(i)))
+        })
+        .collect();
+    containers.push(LocalContainer {
+        space: Some("space-a".into()),
+        workload: Workload::Running,
+        ..LocalContainer::new(ip_a, Some("bench-a"))
+    });
+    let group = |guid: String, space: String, rules: Vec<EgressRule>| Group {
+        guid,
+        rules,
+        staging_default: false,
+        running_default: false,
+        staging_spaces: Default::default(),
+        running_spaces: [space].into(),
+    };
+    let tcp = |first: Ipv4Addr, last: Ipv4Addr, start: u16, end: u16| EgressRule {
+        first,
+        last,
+        matches: Matches::Tcp { start, end },
+        log: false,
+    };
+    let mine = group("a".into(), "space-a".into(), vec![tcp(OUTSIDE, OUTSIDE, PORT, PORT)]);
+    // Ten rules per space, each a /24 somewhere in 172.16/12 and a port range.
+    let many: Vec<Group> = (0..100u32)
+        .map(|k| {
+            let rules = (0..10u32)
+                .map(|r| {
+                    let net = u32::from(Ipv4Addr::new(172, 16, 0, 0)) + ((k * 10 + r) << 8);
+                    let port = 1000 + (k * 10 + r) as u16;
+                    tcp(Ipv4Addr::from(net), Ipv4Addr::from(net + 255), port, port + 10)
+                })
+                .collect();
+            group(format!("g{k}"), format!("space-{k}"), rules)
+        })
+        .collect();
+    let facts = |groups: Vec<Group>| CellFacts {
+        edge: Some(Edge {
+            cell_ip: Ipv4Addr::new(192, 0, 2, 1),
+            overlay: (Ipv4Addr::new(10, 255, 0, 0), 16),
+            no_masquerade: (Ipv4Addr::new(10, 255, 0, 0), 16),
+            vtep: "c2c-vtep".into(),
+            logging: Default::default(),
+        }),
+        groups,
+        ..facts()
+    };
+    let one = plan_cell(&[], &containers, &facts(vec![mine.clone()]));
+    let all = plan_cell(&[], &containers, &facts([vec![mine], many].concat()));
+    let rules = all.egress.len();
+    [("1 ASG rule".into(), one), (format!("{rules} ASG rules"), all)]
+}
+
+/// A's connect rate to the outside host through the cell's egress rules and NAT, with one
+/// rule and with 1,000, in seven interleaved rounds: the best of each and the ratio.
+fn egress(cell: &Netns, a: &Netns, ip_a: Ipv4Addr, backend: &'static str) {
+    const ROUNDS: usize = 7;
+    let outside = Netns::new("bench-out");
+    let run = |args: &[&str]| {
+        let _ = std::process::Command::new("ip").args(args).status();
+    };
+    run(&["-n", &cell.0, "link", "add", "u0", "type", "veth", "peer", "name", "o0", "netns", &outside.0]);
+    run(&["-n", &cell.0, "addr", "add", "192.0.2.1/24", "dev", "u0"]);
+    run(&["-n", &cell.0, "link", "set", "u0", "up"]);
+    run(&["-n", &outside.0, "addr", "add", "192.0.2.2/24", "dev", "o0"]);
+    run(&["-n", &outside.0, "link", "set", "o0", "up"]);
+    let rulesets = egress_rulesets(ip_a);
+    let mut enforcer = Some(netagent::enforcement::backend(setting(backend)));
+    let mut best = [0.0f64; 2];
+    for round in 0..ROUNDS {
+        for k in 0..2 {
+            let i = (k + round) % 2;
+            let rs = rulesets[i].1.clone();
+            let e = enforcer.take().unwrap();
+            enforcer = Some(cell.run(move || async move {
+                let mut e = e;
+                e.reconcile(&rs).unwrap();
+                e
+            }));
+            short_conntrack(cell);
+            let (rate, _) = connect_rate(a, &outside, OUTSIDE);
+            best[i] = best[i].max(rate);
+        }
+        eprint!("\r  egress round {}/{ROUNDS}", round + 1);
+    }
+    eprintln!();
+    for (i, (name, _)) in rulesets.iter().enumerate() {
+        println!("  egress with {name:>15} over 100 spaces: {:>6.0} connects/s ({:.2}×)", best[i], best[i] / best[0]);
     }
 }
 
@@ -297,6 +410,16 @@ fn programming(cell: &Netns, backend: &'static str, containers: &[LocalContainer
     }
 }
 
+/// Each round opens tens of thousands of connections through the cell: let their conntrack
+/// entries go soon after they close, or the table fills up and later rounds measure that.
+fn short_conntrack(cell: &Netns) {
+    for (k, v) in [("nf_conntrack_tcp_timeout_time_wait", "1"), ("nf_conntrack_tcp_timeout_close", "1")] {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "exec", &cell.0, "sysctl", "-qw", &format!("net.netfilter.{k}={v}")])
+            .status();
+    }
+}
+
 /// Through the cell with 0, 10k and 50k policies installed, in seven interleaved rounds (a
 /// 2-core VM drifts; interleaving keeps the comparison fair): the best rate and throughput
 /// and the median latencies of each size, and the ratios to the figures with no policies.
@@ -323,13 +446,7 @@ fn per_packet(
                 e.reconcile(&rs).unwrap();
                 e
             }));
-            // Each round opens tens of thousands of connections through the cell: let their
-            // conntrack entries go soon after they close, or the table fills up.
-            for (k, v) in [("nf_conntrack_tcp_timeout_time_wait", "1"), ("nf_conntrack_tcp_timeout_close", "1")] {
-                let _ = std::process::Command::new("ip")
-                    .args(["netns", "exec", &cell.0, "sysctl", "-qw", &format!("net.netfilter.{k}={v}")])
-                    .status();
-            }
+            short_conntrack(cell);
             let (rate, latency) = connect_rate(a, b, ip_b);
             let rtt = round_trip(a, b, ip_b);
             let mbps = throughput(a, b, ip_b);

@@ -578,7 +578,7 @@ mod tests {
             staging_spaces: Default::default(),
             running_spaces: Default::default(),
         };
-        assert_eq!(rules_for(&[g.clone()], Workload::Running, None, &[r]), vec![r]);
+        assert_eq!(rules_for(std::slice::from_ref(&g), Workload::Running, None, &[r]), vec![r]);
         assert!(rules_for(&[g], Workload::Staging, None, &[]).is_empty());
     }
 }

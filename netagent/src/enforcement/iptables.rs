@@ -121,9 +121,9 @@ pub fn nat_rules(dnat: &str, snat: &str, rs: &Ruleset, edge: &Edge) -> Vec<Strin
     let (net, prefix) = edge.no_masquerade;
     // Container to container on this cell keeps its source, whatever the range says.
     out.push(format!("-A {snat} -o {FROM_CONTAINERS} -j RETURN"));
-    for ip in &rs.guarded {
-        out.push(format!("-A {snat} -s {ip}/32 ! -d {net}/{prefix} ! -o {} -j MASQUERADE", edge.vtep));
-    }
+    // Only this cell's containers send from the overlay out of this cell: one rule.
+    let (overlay, overlay_prefix) = edge.overlay;
+    out.push(format!("-A {snat} -s {overlay}/{overlay_prefix} ! -d {net}/{prefix} ! -o {} -j MASQUERADE", edge.vtep));
     out
 }
 

@@ -93,7 +93,7 @@ fn forward_rules(rs: &Ruleset) -> Vec<String> {
     if rs.edge.is_some() {
         // Only what a mapping forwarded, only from outside the cell's containers: the
         // router's way in. Policies do not apply to it, as upstream.
-        rules.push(format!("ct status dnat iifname != \"s-*\" ip daddr . tcp dport @forwarded accept"));
+        rules.push(format!("ct status dnat {NOT_FROM_CONTAINER} ip daddr . tcp dport @forwarded accept"));
     }
     rules.push("meta mark set ip saddr map @src_tags".into());
     rules.push(allowed("allow"));
