@@ -39,6 +39,30 @@ fn enforce(cell: &Netns, enforcer: Box<dyn Enforce>, rs: Ruleset) -> (Box<dyn En
     })
 }
 
+/// What nflog group 7301 hands over in `cell` while `during` runs (and a moment after: the
+/// kernel sends each packet as it is logged).
+fn nflog_sees(cell: &Netns, during: impl FnOnce()) -> Vec<netagent::traffic_log::Logged> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let reader = cell.spawn(move || {
+        let log = netagent::traffic_log::NfLog::open(7301).expect("nflog binds");
+        ready_tx.send(()).unwrap();
+        let mut seen = Vec::new();
+        // Until the traffic is done, then one more read for what is still on its way.
+        loop {
+            let finished = done_rx.try_recv().is_ok();
+            seen.extend(log.next().expect("nflog reads"));
+            if finished {
+                return seen;
+            }
+        }
+    });
+    ready_rx.recv().unwrap();
+    during();
+    done_tx.send(()).unwrap();
+    reader.join().unwrap()
+}
+
 fn tcp(to: Ipv4Addr, port: u16) -> EgressRule {
     EgressRule { first: to, last: to, matches: Matches::Tcp { start: port, end: port }, log: false }
 }
@@ -104,12 +128,27 @@ fn edge(setting: Enforcement) {
             ..LocalContainer::new(ip(3), Some("B"))
         },
         LocalContainer {
-            net_out: vec![EgressRule {
-                first: OUTSIDE_2,
-                last: OUTSIDE_2,
-                matches: Matches::Udp { start: 53, end: 53 },
-                log: false,
-            }],
+            net_out: vec![
+                EgressRule {
+                    first: OUTSIDE_2,
+                    last: OUTSIDE_2,
+                    matches: Matches::Udp { start: 53, end: 53 },
+                    log: false,
+                },
+                EgressRule {
+                    first: OUTSIDE,
+                    last: OUTSIDE,
+                    matches: Matches::Icmp { icmp_type: Some(8), code: Some(0) },
+                    log: false,
+                },
+                // Logged: its connections reach nflog whatever the toggles say.
+                EgressRule {
+                    first: OUTSIDE,
+                    last: OUTSIDE,
+                    matches: Matches::Tcp { start: 7000, end: 7000 },
+                    log: true,
+                },
+            ],
             ..LocalContainer::new(ip(4), None)
         },
     ];
@@ -117,7 +156,15 @@ fn edge(setting: Enforcement) {
     // wide group for another space overlaps both and must change nothing here.
     let mut groups = vec![
         group("run", vec![tcp(OUTSIDE, 443)], &["s1"], &[]),
-        group("stage", vec![tcp(OUTSIDE, 444)], &[], &["s1"]),
+        group(
+            "stage",
+            vec![
+                tcp(OUTSIDE, 444),
+                EgressRule { first: OUTSIDE_2, last: OUTSIDE_2, matches: Matches::All, log: false },
+            ],
+            &[],
+            &["s1"],
+        ),
         group("wide", vec![tcp(OUTSIDE, 443), tcp(OUTSIDE, 444), tcp(OUTSIDE_2, 443)], &["s9"], &["s9"]),
     ];
     let policies = vec![TaggedPolicy {
@@ -148,6 +195,21 @@ fn edge(setting: Enforcement) {
     assert_eq!(seen_as(&staging, OUTSIDE, 443), None, "staging: not the running group");
     assert_eq!(seen_as(&other, OUTSIDE, 443), None, "no space, no workload: no groups");
     assert_eq!(exchange(&other, outside, OUTSIDE_2, 53), (false, true), "the runtime's netOutRules: udp/53 only");
+    assert_eq!(seen_as(&staging, OUTSIDE_2, 443), cell_ip, "staging: everything to the second address");
+    assert!(other.reaches(&OUTSIDE.to_string()), "an icmp echo rule lets pings out");
+    assert!(!running.exec(&["ping", "-c", "1", "-W", "1", &OUTSIDE.to_string()]), "and only that container's");
+    // A rule flagged `log` hands its new connections to nflog, with the rule's prefix.
+    let logged = nflog_sees(cell, || {
+        let _server = PeerServer::start(outside, OUTSIDE, 7000);
+        assert_eq!(seen_as(&other, OUTSIDE, 7000), cell_ip, "the logged rule allows");
+    });
+    assert!(
+        logged.iter().any(|l| {
+            let h = netagent::traffic_log::headers(&l.payload);
+            l.prefix == "egress-accept" && h.is_some_and(|h| h.src == ip(4) && h.b == Some(7000))
+        }),
+        "{logged:?}"
+    );
     // c2c traffic is governed by policies and never masqueraded.
     assert_eq!(seen_as(&running, ip(3), 9000), Some(ip(2).to_string()), "c2c keeps its source");
     assert_eq!(seen_as(&other, ip(3), 9000), None, "no policy, no c2c");
