@@ -177,7 +177,7 @@ impl Agent {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         if discovery.enabled {
-            tasks.extend(start_discovery(&config, &client, &nl, telemetry, routes_changed, &stopped).await);
+            tasks.extend(start_discovery(&config, &client, &nl, telemetry.clone(), routes_changed, &stopped).await);
         }
         // iptables on current distributions is iptables-nft: its commits are nf_tables
         // commits too, so the same notifications repair either backend within moments.
@@ -193,7 +193,7 @@ impl Agent {
             tasks.push(tokio::spawn(crate::asg_sync::run(policies.clone(), stopped.clone())));
             let store = crate::containers::ContainerStore::new(config.state_dir.join("containers.json"));
             let done = Arc::new(AtomicBool::new(false));
-            match crate::traffic_log::spawn(&config.traffic_logs, store, policies.clone(), done.clone()) {
+            match crate::traffic_log::spawn(&config.traffic_logs, store, policies.clone(), telemetry.clone(), done.clone()) {
                 Ok(_thread) => {
                     let mut stopped = stopped.clone();
                     tasks.push(tokio::spawn(async move {

@@ -261,6 +261,9 @@ impl PolicySync {
                 let counter = if applied == Applied::Full { &t.applies_full } else { &t.applies_diff };
                 counter.increment(1);
                 t.allow_entries.set(desired.allows.len() as f64);
+                t.egress_entries.set(desired.egress.len() as f64);
+                t.port_mappings.set(desired.forwards.len() as f64);
+                t.security_groups.set(state.facts.groups.len() as f64);
                 t.last_apply_seconds.set(applied_in.as_secs_f64());
                 self.persist(state);
                 tracing::info!(

@@ -20,6 +20,10 @@ pub struct Telemetry {
     pub enforcement_disabled: Gauge,
     pub store_errors: Counter,
     pub discovery_names: Gauge,
+    pub egress_entries: Gauge,
+    pub port_mappings: Gauge,
+    pub security_groups: Gauge,
+    pub traffic_log_lines: Counter,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -47,6 +51,10 @@ impl Telemetry {
                 enforcement_disabled: metrics::gauge!("c2c_netagent_enforcement_disabled"),
                 store_errors: metrics::counter!("c2c_netagent_container_store_errors_total"),
                 discovery_names: metrics::gauge!("c2c_netagent_discovery_names"),
+                egress_entries: metrics::gauge!("c2c_netagent_egress_entries"),
+                port_mappings: metrics::gauge!("c2c_netagent_port_mappings"),
+                security_groups: metrics::gauge!("c2c_netagent_security_groups"),
+                traffic_log_lines: metrics::counter!("c2c_netagent_traffic_log_lines_total"),
             }
         })
     }
@@ -72,6 +80,10 @@ fn describe(recorder: &PrometheusRecorder) {
         help("c2c_netagent_converges_total", "Overlay convergence cycles completed."),
         help("c2c_netagent_discovery_names", "Internal hostnames the cell's DNS responder answers."),
         help("c2c_netagent_renew_failures_total", "Lease renewals that failed."),
+        help("c2c_netagent_egress_entries", "Egress entries installed (after merging overlapping rules)."),
+        help("c2c_netagent_port_mappings", "Port mappings installed."),
+        help("c2c_netagent_security_groups", "Security groups known for the spaces on this cell."),
+        help("c2c_netagent_traffic_log_lines_total", "Lines written to the traffic log."),
         help("c2c_netagent_policy_applies_total", "Changes applied to the kernel, by kind."),
         help("c2c_netagent_policy_apply_errors_total", "Changes the kernel refused."),
         help(

@@ -244,9 +244,10 @@ impl Writer {
         }
     }
 
-    pub fn write(&mut self, packets: &[Logged], app_of_tag: impl Fn(u16) -> Option<String>) -> std::io::Result<()> {
+    /// Appends a line per readable packet; returns how many.
+    pub fn write(&mut self, packets: &[Logged], app_of_tag: impl Fn(u16) -> Option<String>) -> std::io::Result<usize> {
         if packets.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         self.refresh();
         if let Some(dir) = self.file.parent() {
@@ -255,12 +256,15 @@ impl Writer {
         let mut f = std::io::BufWriter::new(std::fs::OpenOptions::new().create(true).append(true).open(&self.file)?);
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let mut lines = 0;
         for p in packets {
             if let Some(line) = entry(p, &self.containers, &app_of_tag, now) {
                 writeln!(f, "{line}")?;
+                lines += 1;
             }
         }
-        f.flush()
+        f.flush()?;
+        Ok(lines)
     }
 }
 
@@ -270,6 +274,7 @@ pub fn spawn(
     config: &crate::config::TrafficLogs,
     store: ContainerStore,
     sync: Arc<crate::sync::PolicySync>,
+    telemetry: Arc<crate::telemetry::Telemetry>,
     stopped: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, LogError> {
     let nflog = NfLog::open(config.nflog_group)?;
@@ -281,13 +286,14 @@ pub fn spawn(
             let mut warned = false;
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                 match nflog.next() {
-                    Ok(packets) => {
-                        if let Err(e) = writer.write(&packets, |t| sync.app_of_tag(t))
-                            && !std::mem::replace(&mut warned, true)
-                        {
-                            tracing::error!(error = %e, "cannot write the traffic log");
+                    Ok(packets) => match writer.write(&packets, |t| sync.app_of_tag(t)) {
+                        Ok(lines) => telemetry.traffic_log_lines.increment(lines as u64),
+                        Err(e) => {
+                            if !std::mem::replace(&mut warned, true) {
+                                tracing::error!(error = %e, "cannot write the traffic log");
+                            }
                         }
-                    }
+                    },
                     Err(e) => {
                         tracing::error!(error = %e, "reading nflog failed; traffic logs stop");
                         return;

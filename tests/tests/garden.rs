@@ -157,6 +157,9 @@ fn garden_cell(setting: Enforcement) {
             && find("egress-accept", 443).is_some()
             && find("egress-deny", 444).is_some()
     });
+    assert!(agent.metric(cell, "c2c_netagent_traffic_log_lines_total").unwrap_or(0.0) >= 4.0);
+    assert_eq!(agent.metric(cell, "c2c_netagent_port_mappings"), Some(1.0));
+    assert_eq!(agent.metric(cell, "c2c_netagent_security_groups"), Some(1.0));
     let accepted = find("c2c-accept", 9000).unwrap();
     assert_eq!(accepted["verdict"], "accept");
     assert_eq!(accepted["source"]["app_guid"], "app-w");
