@@ -193,7 +193,13 @@ impl Agent {
             tasks.push(tokio::spawn(crate::asg_sync::run(policies.clone(), stopped.clone())));
             let store = crate::containers::ContainerStore::new(config.state_dir.join("containers.json"));
             let done = Arc::new(AtomicBool::new(false));
-            match crate::traffic_log::spawn(&config.traffic_logs, store, policies.clone(), telemetry.clone(), done.clone()) {
+            match crate::traffic_log::spawn(
+                &config.traffic_logs,
+                store,
+                policies.clone(),
+                telemetry.clone(),
+                done.clone(),
+            ) {
                 Ok(_thread) => {
                     let mut stopped = stopped.clone();
                     tasks.push(tokio::spawn(async move {

@@ -107,6 +107,7 @@ fn the_edge_with_iptables() {
 
 fn edge(setting: Enforcement) {
     require_root();
+    require_tool("python3", "python3");
     let incremental = if setting == Enforcement::Nftables { Applied::Diff } else { Applied::Full };
     let f = fabric(2);
     let (cell, outside) = (&f.cells[0], &f.cells[1]);
@@ -210,6 +211,16 @@ fn edge(setting: Enforcement) {
         }),
         "{logged:?}"
     );
+    // An attacker in the staging container takes the running container's address to borrow
+    // its egress: the packet does not leave the staging container's interface.
+    sh(&["ip", "-n", &staging.0, "addr", "add", &format!("{}/32", ip(2)), "dev", "eth0"]);
+    let forged = format!(
+        "import socket; s = socket.create_connection(('{OUTSIDE}', 443), timeout=1, source_address=('{}', 0)); print(s.recv(64).decode())",
+        ip(2)
+    );
+    assert_eq!(staging.output(&["python3", "-c", &forged]), "", "a forged source borrows no egress");
+    assert_eq!(running.output(&["python3", "-c", &forged]).trim(), CELL.to_string(), "the real one still works");
+    sh(&["ip", "-n", &staging.0, "addr", "del", &format!("{}/32", ip(2)), "dev", "eth0"]);
     // c2c traffic is governed by policies and never masqueraded.
     assert_eq!(seen_as(&running, ip(3), 9000), Some(ip(2).to_string()), "c2c keeps its source");
     assert_eq!(seen_as(&other, ip(3), 9000), None, "no policy, no c2c");
