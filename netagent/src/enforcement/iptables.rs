@@ -25,9 +25,37 @@ pub const INPUT_PREFIX: &str = "c2c-in--";
 pub const EGRESS_PREFIX: &str = "c2c-out--";
 pub const DNAT_PREFIX: &str = "c2c-dnat--";
 pub const SNAT_PREFIX: &str = "c2c-snat--";
+/// Anti-spoofing and the cell addresses, each in a chain only container traffic jumps to:
+/// everything else (replies from the underlay, traffic the router sends in) skips their
+/// thousands of rules in one, and the cell addresses are looked at for new connections only.
+pub const GUARD_PREFIX: &str = "c2c-guard--";
+pub const CELLS_PREFIX: &str = "c2c-cells--";
 
 fn ours(chain: &str) -> bool {
-    [PREFIX, INPUT_PREFIX, EGRESS_PREFIX, DNAT_PREFIX, SNAT_PREFIX].iter().any(|p| chain.starts_with(p))
+    [PREFIX, INPUT_PREFIX, EGRESS_PREFIX, DNAT_PREFIX, SNAT_PREFIX, GUARD_PREFIX, CELLS_PREFIX]
+        .iter()
+        .any(|p| chain.starts_with(p))
+}
+
+/// The names of one installation's chains.
+struct Chains {
+    forward: String,
+    input: String,
+    guard: String,
+    cells: String,
+    egress: String,
+}
+
+impl Chains {
+    fn of(stamp: u128) -> Chains {
+        Chains {
+            forward: format!("{PREFIX}{stamp}"),
+            input: format!("{INPUT_PREFIX}{stamp}"),
+            guard: format!("{GUARD_PREFIX}{stamp}"),
+            cells: format!("{CELLS_PREFIX}{stamp}"),
+            egress: format!("{EGRESS_PREFIX}{stamp}"),
+        }
+    }
 }
 
 /// Our chains jumped from the built-in chain `hook` of `table`.
@@ -132,6 +160,11 @@ fn spoof_drops(chain: &str, rs: &Ruleset) -> Vec<String> {
     rs.guarded.iter().map(|ip| format!("-A {chain} -i {} ! -s {ip}/32 -j DROP", host_veth(*ip))).collect()
 }
 
+/// A container's new connection to any cell's underlay or VTEP address.
+fn cell_drops(chain: &str, rs: &Ruleset) -> Vec<String> {
+    rs.cells.iter().map(|ip| format!("-A {chain} -d {ip}/32 -j DROP")).collect()
+}
+
 fn rule_count(table: &str, chain: &str) -> Option<usize> {
     let out = Command::new("iptables").args(["-w", "-t", table, "-S", chain]).output().ok()?;
     if !out.status.success() {
@@ -140,14 +173,13 @@ fn rule_count(table: &str, chain: &str) -> Option<usize> {
     Some(String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("-A ")).count())
 }
 
-/// The rules of the chain, in upstream's order (marks, then accepts), after the established
-/// accept and before the drops.
-pub fn rules(chain: &str, rs: &Ruleset) -> Vec<String> {
-    let mut out = spoof_drops(chain, rs);
-    for ip in &rs.cells {
-        out.push(format!("-A {chain} -i {FROM_CONTAINERS} -d {ip}/32 -j DROP"));
-    }
+/// The rules of the forward chain: the guard, the established accept, the cell addresses,
+/// then upstream's order (marks, then accepts) and the drops.
+fn rules(names: &Chains, rs: &Ruleset) -> Vec<String> {
+    let chain = &names.forward;
+    let mut out = vec![format!("-A {chain} -i {FROM_CONTAINERS} -j {}", names.guard)];
     out.push(format!("-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"));
+    out.push(format!("-A {chain} -i {FROM_CONTAINERS} -j {}", names.cells));
     for f in &rs.forwards {
         out.push(format!(
             "-A {chain} ! -i {FROM_CONTAINERS} -d {}/32 -p tcp -m tcp --dport {} -m conntrack --ctstate DNAT -j ACCEPT",
@@ -181,8 +213,9 @@ pub fn rules(chain: &str, rs: &Ruleset) -> Vec<String> {
 }
 
 /// The rules of the input chain: what containers may reach on the cell itself.
-pub fn input_rules(chain: &str, rs: &Ruleset) -> Vec<String> {
-    let mut out = spoof_drops(chain, rs);
+fn input_rules(names: &Chains, rs: &Ruleset) -> Vec<String> {
+    let chain = &names.input;
+    let mut out = vec![format!("-A {chain} -i {FROM_CONTAINERS} -j {}", names.guard)];
     out.push(format!("-A {chain} -i {FROM_CONTAINERS} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"));
     for ip in &rs.host.dns {
         for proto in ["udp", "tcp"] {
@@ -254,20 +287,24 @@ fn section(table: &str, chains: &[(String, &str, Vec<String>)], existing: &Exist
     s
 }
 
-/// The filter chains of a stamp.
+/// The filter chains of a stamp: those jumped to from the built-in chains first (a chain
+/// must exist before a rule jumps to it; all are declared before any rule anyway).
 fn filter_chains(stamp: u128, rs: &Ruleset) -> Vec<(String, &'static str, Vec<String>)> {
-    let (forward, input) = (format!("{PREFIX}{stamp}"), format!("{INPUT_PREFIX}{stamp}"));
-    let mut forward_rules = rules(&forward, rs);
-    let mut chains = Vec::new();
+    let names = Chains::of(stamp);
+    let mut forward_rules = rules(&names, rs);
+    let mut chains = vec![
+        (names.guard.clone(), "", spoof_drops(&names.guard, rs)),
+        (names.cells.clone(), "", cell_drops(&names.cells, rs)),
+    ];
     if let Some(edge) = &rs.edge {
-        let egress = format!("{EGRESS_PREFIX}{stamp}");
         let (net, prefix) = edge.overlay;
-        forward_rules.push(format!("-A {forward} -i {FROM_CONTAINERS} ! -d {net}/{prefix} -j {egress}"));
-        chains.push((egress.clone(), "", egress_rules(&egress, rs, edge)));
+        forward_rules
+            .push(format!("-A {} -i {FROM_CONTAINERS} ! -d {net}/{prefix} -j {}", names.forward, names.egress));
+        chains.push((names.egress.clone(), "", egress_rules(&names.egress, rs, edge)));
     }
-    let input_rules = input_rules(&input, rs);
-    chains.insert(0, (input, "INPUT", input_rules));
-    chains.insert(0, (forward, "FORWARD", forward_rules));
+    let input_rules = input_rules(&names, rs);
+    chains.insert(0, (names.input, "INPUT", input_rules));
+    chains.insert(0, (names.forward, "FORWARD", forward_rules));
     chains
 }
 
@@ -338,12 +375,14 @@ mod tests {
     #[test]
     fn upstream_rule_shapes() {
         let rs = crate::enforcement::plan::a_to_b(7000, 8000);
-        let r = rules("vpa--1", &rs);
+        let r = rules(&Chains::of(1), &rs);
         assert!(
             r.contains(&"-A vpa--1 -i s-010255001002 -s 10.255.1.2/32 -j MARK --set-xmark 0x1/0xffffffff".to_string()),
             "{r:?}"
         );
-        assert_eq!(r[0], "-A vpa--1 -i s-010255001002 ! -s 10.255.1.2/32 -j DROP", "anti-spoofing first");
+        assert_eq!(r[0], "-A vpa--1 -i s-+ -j c2c-guard--1", "anti-spoofing first");
+        assert_eq!(r[2], "-A vpa--1 -i s-+ -j c2c-cells--1", "then, for new connections, the cells");
+        assert_eq!(spoof_drops("g", &rs)[0], "-A g -i s-010255001002 ! -s 10.255.1.2/32 -j DROP");
         assert!(r.contains(
             &"-A vpa--1 -d 10.255.1.3/32 -p tcp -m tcp --dport 7000:8000 -m mark --mark 0x1 -j ACCEPT".to_string()
         ));
@@ -361,9 +400,7 @@ mod tests {
             "{input}"
         );
         assert!(input.starts_with("*filter\n:vpa--2 - [0:0]\n:c2c-in--2 - [0:0]\n") && input.ends_with("COMMIT\n"));
-        assert!(
-            input.contains("-A c2c-in--2 -i s-+ -j DROP\nCOMMIT") || input.contains("-A c2c-in--2 -i s-+ -j DROP\n-I"),
-            "{input}"
-        );
+        assert!(input.contains("-A c2c-in--2 -i s-+ -j DROP\n-A c2c-guard--2 "), "input ends in the drop: {input}");
+        assert!(input.contains(":c2c-guard--2 - [0:0]\n:c2c-cells--2 - [0:0]\n"), "{input}");
     }
 }
