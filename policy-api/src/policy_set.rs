@@ -84,6 +84,25 @@ impl PolicySet {
         true
     }
 
+    fn get(&self, policy: &Policy) -> Option<&TaggedPolicy> {
+        self.by_seq.get(self.seq_of.get(policy)?).map(|t| &**t)
+    }
+
+    /// The apps named by a policy in one set and not (or with other tags) in the other:
+    /// whose answers another replica's write may have changed. O(n log n), no more than
+    /// reading the table that gave `other`.
+    pub fn changed_apps(&self, other: &PolicySet) -> Vec<String> {
+        let mut apps_changed = std::collections::BTreeSet::new();
+        for (a, b) in [(self, other), (other, self)] {
+            for t in a.iter() {
+                if b.get(&t.policy) != Some(t) {
+                    apps_changed.extend(apps(&t.policy).map(str::to_string));
+                }
+            }
+        }
+        apps_changed.into_iter().collect()
+    }
+
     /// Policies whose source or destination is one of `ids`, in creation order, each once.
     pub fn naming(&self, ids: &[&str]) -> Vec<&TaggedPolicy> {
         let mut seqs: Vec<u64> = ids.iter().filter_map(|id| self.by_app.get(*id)).flatten().copied().collect();
@@ -131,6 +150,16 @@ pub(crate) mod tests {
         // Re-adding goes to the end, as a new database row would.
         assert!(set.insert(tagged("a", "b", 1)));
         assert_eq!(set.iter().map(|t| t.policy.start).collect::<Vec<_>>(), vec![2, 3, 1]);
+    }
+
+    #[test]
+    fn changed_apps_are_those_of_policies_added_removed_or_retagged() {
+        let old: PolicySet = vec![tagged("a", "b", 1), tagged("c", "d", 2), tagged("e", "f", 3)].into_iter().collect();
+        let mut retagged = tagged("e", "f", 3);
+        retagged.source_tag = "0009".into();
+        let new: PolicySet = vec![tagged("c", "d", 2), tagged("g", "a", 4), retagged].into_iter().collect();
+        assert_eq!(old.changed_apps(&new), vec!["a", "b", "e", "f", "g"]);
+        assert!(old.changed_apps(&old.clone()).is_empty());
     }
 
     proptest! {

@@ -245,7 +245,10 @@ impl Snapshots {
             return Ok(());
         }
         if policies_moved {
-            self.watchers.wake(&crate::watchers::Touched::AllPolicies);
+            // Only the watches whose answers another replica's write changed.
+            let now = self.current();
+            let apps = current.policies.changed_apps(&now.policies);
+            self.watchers.wake(&crate::watchers::Touched::Apps(apps));
         }
         if discovery_moved {
             self.watchers.wake(&crate::watchers::Touched::Registrations);

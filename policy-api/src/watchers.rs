@@ -25,8 +25,6 @@ pub fn app(id: &str) -> String {
 pub enum Touched {
     /// Policies naming these apps (their watches and those on every policy).
     Apps(Vec<String>),
-    /// Any policy (another replica's write, read back whole).
-    AllPolicies,
     Registrations,
     SecurityGroups,
 }
@@ -95,13 +93,6 @@ impl Watchers {
                     add(&app(id));
                 }
             }
-            Touched::AllPolicies => {
-                for (key, set) in &inner.by_key {
-                    if key == ALL_POLICIES || key.starts_with("app:") {
-                        woken.extend(set.iter().map(|(id, n)| (*id, n)));
-                    }
-                }
-            }
             Touched::Registrations => add(REGISTRATIONS),
             Touched::SecurityGroups => add(SECURITY_GROUPS),
         }
@@ -129,10 +120,10 @@ mod tests {
         assert_eq!(w.wake(&Touched::Apps(vec!["b".into()])), 2, "the watch on b and the one on everything");
         assert_eq!(w.wake(&Touched::Apps(vec!["a".into(), "b".into()])), 2, "a watch is woken once");
         assert_eq!(w.wake(&Touched::Apps(vec!["z".into()])), 1);
-        assert_eq!(w.wake(&Touched::AllPolicies), 3);
+        assert_eq!(w.wake(&Touched::Apps(vec!["a".into(), "c".into()])), 3);
         assert_eq!(w.wake(&Touched::Registrations), 1);
         drop(c);
-        assert_eq!(w.wake(&Touched::AllPolicies), 2, "a dropped watch is gone");
+        assert_eq!(w.wake(&Touched::Apps(vec!["a".into(), "c".into()])), 2, "a dropped watch is gone");
         drop((a, all, dns, asgs));
         assert!(w.inner.lock().unwrap().by_key.is_empty(), "nothing left behind");
     }

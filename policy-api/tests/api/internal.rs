@@ -634,9 +634,17 @@ fn counter(name: &str) -> u64 {
 
 /// With a hundred cells watching, each for its own app, a policy between two of the apps
 /// wakes those two watches and no other; the rest keep waiting until their wait runs out.
-pub async fn a_change_wakes_only_the_watches_it_concerns() {
+/// Written through this replica, or through another one (read back by the loader).
+pub async fn a_change_wakes_only_the_watches_it_concerns(through_another_replica: bool) {
     const CELLS: usize = 100;
     let h = Harness::start_internal(Backend::Sqlite, |_| {}).await;
+    let other = if through_another_replica {
+        let mut config = h.config.clone();
+        config.internal.listen = "127.0.0.1:0".parse().unwrap();
+        Some(policy_api::Server::start(&config).await.unwrap())
+    } else {
+        None
+    };
     let http = h.cell_http(None, true);
     let url = |i: usize| format!("{}/networking/v1/internal/policies?id=watched-{i}", h.internal_url());
     let mut watches = Vec::new();
@@ -655,7 +663,11 @@ pub async fn a_change_wakes_only_the_watches_it_concerns() {
     }
     let before = counter("c2c_watch_wakeups_total");
     let created = Instant::now();
-    h.admin()
+    let admin = match &other {
+        Some(other) => policy_client::Client::new_with_token(&other.url(), &h.cf.uaa.user_token("admin")).unwrap(),
+        None => h.admin(),
+    };
+    admin
         .create_policies(&Policies { policies: vec![Policy::new("watched-3", "watched-7", Protocol::Tcp, 80, 80)] })
         .await
         .unwrap();
@@ -670,5 +682,8 @@ pub async fn a_change_wakes_only_the_watches_it_concerns() {
     assert_eq!(watches_waiting(), CELLS as u64 - 2, "the others still wait");
     for w in watches {
         w.abort();
+    }
+    if let Some(other) = other {
+        other.shutdown().await;
     }
 }

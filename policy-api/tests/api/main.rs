@@ -61,7 +61,12 @@ for_backends!(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_wakes_only_the_watches_it_concerns() {
-    internal::a_change_wakes_only_the_watches_it_concerns().await
+    internal::a_change_wakes_only_the_watches_it_concerns(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_replicas_change_wakes_only_the_watches_it_concerns() {
+    internal::a_change_wakes_only_the_watches_it_concerns(true).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
