@@ -356,6 +356,15 @@ mod tests {
         assert_eq!(line["destination"], Value::Null);
     }
 
+    proptest::proptest! {
+        /// Whatever the kernel hands over (it copies at most 128 bytes of any packet).
+        #[test]
+        fn any_bytes_give_a_line_or_none_never_a_panic(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..160), mark in 0u32..70_000) {
+            let logged = Logged { prefix: "c2c-deny".into(), mark, payload };
+            let _ = entry(&logged, &store(), |_| Some("app".into()), 0.0);
+        }
+    }
+
     #[test]
     fn unreadable_packets_give_no_line_and_never_panic() {
         for bad in [vec![], vec![0x45; 19], vec![0x65; 40], vec![0x4f; 20], packet([1, 1, 1, 1], [2, 2, 2, 2], 6, &[1])]
