@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult, Transaction
 
 use super::entities::{destinations, groups, policies};
 use super::tags::{IdRow, group_ids};
-use super::versions::{bump, version_in};
+use super::versions::bump;
 use super::{CHUNK, Store, StoreError, fetch, record};
 use crate::policy::{Policy, PolicyFilter, Protocol, TaggedPolicy, format_tag};
 
@@ -45,7 +45,7 @@ impl Store {
     pub async fn create(&self, policies: &[Policy], limits: CreateLimits) -> Result<Written, StoreError> {
         self.retrying("create", || async {
             let txn = self.db.begin().await?;
-            bump(&txn).await?;
+            let (version, last_updated_ns) = bump(&txn).await?;
             if let Some(max) = limits.max_per_source {
                 let existing = count_by_source(&txn, &crate::quota::apps_to_count(policies)).await?;
                 if crate::quota::exceeded(&existing, policies, max) {
@@ -53,7 +53,6 @@ impl Store {
                 }
             }
             let (tagged, new_tags) = self.create_in(&txn, policies, limits.max_new_tags).await?;
-            let (version, last_updated_ns) = version_in(&txn).await?;
             txn.commit().await?;
             Ok(Written { version, last_updated_ns, new_tags, change: PolicyChange::Created(tagged) })
         })
@@ -72,7 +71,7 @@ impl Store {
     ) -> Result<(Written, Vec<Result<u64, StoreError>>), StoreError> {
         self.retrying("create", || async {
             let txn = self.db.begin().await?;
-            bump(&txn).await?;
+            let (version, last_updated_ns) = bump(&txn).await?;
             let limited: Vec<&Policy> =
                 requests.iter().filter(|(_, l)| l.max_per_source.is_some()).flat_map(|(p, _)| p).collect();
             let mut counts = if limited.is_empty() {
@@ -122,7 +121,6 @@ impl Store {
                 accepted.extend(policies.iter().cloned());
             }
             let (tagged, new_tags) = self.create_in(&txn, &accepted, None).await?;
-            let (version, last_updated_ns) = version_in(&txn).await?;
             txn.commit().await?;
             Ok((Written { version, last_updated_ns, new_tags, change: PolicyChange::Created(tagged) }, outcomes))
         })
@@ -133,9 +131,8 @@ impl Store {
     pub async fn delete(&self, policies: &[Policy]) -> Result<Written, StoreError> {
         self.retrying("delete", || async {
             let txn = self.db.begin().await?;
-            bump(&txn).await?;
+            let (version, last_updated_ns) = bump(&txn).await?;
             delete_in(&txn, policies).await?;
-            let (version, last_updated_ns) = version_in(&txn).await?;
             txn.commit().await?;
             Ok(Written { version, last_updated_ns, new_tags: 0, change: PolicyChange::Deleted(policies.to_vec()) })
         })

@@ -5,7 +5,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, FromQueryResult};
 
 use super::entities::{change_versions, policies_info};
 use super::{Store, StoreError, fetch, fetch_one};
@@ -73,16 +73,26 @@ pub(super) async fn version_in<C: ConnectionTrait>(db: &C) -> Result<(i64, i64),
     Ok(fetch_one::<PolicyVersionRow, _>(db, &stmt).await?.map_or((0, 0), |r| (r.version, r.last_updated_ns)))
 }
 
-/// Bumps the policies' version row: the first statement of every policy write.
-pub(super) async fn bump(txn: &DatabaseTransaction) -> Result<(), StoreError> {
-    let update = Query::update()
+/// Bumps the policies' version row, the first statement of every policy write, and returns
+/// the version and time it wrote (the row stays locked by the transaction, so they are the
+/// write's). One round trip where an update can return rows (PostgreSQL, SQLite): a single
+/// create is a short transaction, and each round trip is a good part of it.
+pub(super) async fn bump(txn: &DatabaseTransaction) -> Result<(i64, i64), StoreError> {
+    let mut update = Query::update()
         .table(policies_info::Entity)
         .value(policies_info::Column::Version, Expr::col(policies_info::Column::Version).add(1))
         .value(policies_info::Column::LastUpdatedNs, now_ns())
         .and_where(Expr::col(policies_info::Column::Id).eq(1))
         .to_owned();
-    txn.execute(&update).await?;
-    Ok(())
+    if txn.get_database_backend() == DbBackend::MySql {
+        txn.execute(&update).await?;
+        return version_in(txn).await;
+    }
+    update
+        .returning(Query::returning().columns([policies_info::Column::Version, policies_info::Column::LastUpdatedNs]));
+    let row = txn.query_one(&update).await?;
+    let row = row.map(|r| PolicyVersionRow::from_query_result(&r, "")).transpose()?;
+    Ok(row.map_or((0, 0), |r| (r.version, r.last_updated_ns)))
 }
 
 /// Takes the writers' row lock without changing the version: for writes (a tag alone)
