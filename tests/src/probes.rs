@@ -134,20 +134,34 @@ pub struct TcpServer {
 
 impl TcpServer {
     pub fn start(ns: &Netns, ip: Ipv4Addr, port: u16) -> TcpServer {
-        let bind = move || {
-            let l = TcpListener::bind((ip, port))?;
-            l.set_nonblocking(true)?;
-            Ok(l)
-        };
-        let serving = serve_in(ns, bind, |listener, stop| {
-            while !stop.load(Ordering::Relaxed) {
-                if listener.accept().is_err() {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            }
-        });
-        TcpServer { _serving: serving }
+        TcpServer { _serving: accept_in(ns, ip, port, |_, _| {}) }
     }
+}
+
+/// Accepts connections on `ip:port` inside a namespace until dropped, handing each (blocking)
+/// with its peer's address to `on_connection`; returns once it listens.
+fn accept_in(
+    ns: &Netns,
+    ip: Ipv4Addr,
+    port: u16,
+    on_connection: impl Fn(TcpStream, std::net::SocketAddr) + Send + 'static,
+) -> Serving {
+    let bind = move || {
+        let l = TcpListener::bind((ip, port))?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    };
+    serve_in(ns, bind, move |listener, stop| {
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, peer)) => {
+                    let _ = conn.set_nonblocking(false);
+                    on_connection(conn, peer);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    })
 }
 
 /// Whether a TCP connection from inside `ns` to `ip:port` is established within `timeout`.
@@ -210,23 +224,10 @@ pub struct PeerServer {
 
 impl PeerServer {
     pub fn start(ns: &Netns, ip: Ipv4Addr, port: u16) -> PeerServer {
-        let bind = move || {
-            let l = TcpListener::bind((ip, port))?;
-            l.set_nonblocking(true)?;
-            Ok(l)
+        let tell = |mut conn: TcpStream, peer: std::net::SocketAddr| {
+            let _ = conn.write_all(peer.ip().to_string().as_bytes());
         };
-        let serving = serve_in(ns, bind, |listener, stop| {
-            while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, peer)) => {
-                        let _ = conn.set_nonblocking(false);
-                        let _ = conn.write_all(peer.ip().to_string().as_bytes());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
-        PeerServer { _serving: serving }
+        PeerServer { _serving: accept_in(ns, ip, port, tell) }
     }
 }
 
