@@ -93,6 +93,14 @@ fn load_policies(path: &Path) -> Vec<TaggedPolicy> {
     }
 }
 
+/// App GUIDs by tag, as the policies name them.
+fn tags_of(policies: &[TaggedPolicy]) -> std::collections::HashMap<u16, String> {
+    policies
+        .iter()
+        .flat_map(|p| [(p.source_tag, p.source.clone()), (p.destination_tag, p.destination.clone())])
+        .collect()
+}
+
 /// Writes `policies` to `path` atomically (a temporary file, then a rename).
 fn save_policies(path: &Path, policies: &[TaggedPolicy]) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
@@ -120,6 +128,7 @@ impl PolicySync {
         let policies_file = state_dir.join("policies.json");
         let groups_file = state_dir.join("security_groups.json");
         let saved = load_policies(&policies_file);
+        let tags = std::sync::Mutex::new(Arc::new(tags_of(&saved)));
         let mut facts = facts;
         if facts.groups.is_empty() {
             facts.groups = crate::asg_sync::load(&groups_file);
@@ -143,7 +152,7 @@ impl PolicySync {
             }),
             wake: Notify::new(),
             asg_wake: Notify::new(),
-            tags: Default::default(),
+            tags,
             groups_file,
             resume: Notify::new(),
             last_local: std::sync::Mutex::new(None),
@@ -236,14 +245,6 @@ impl PolicySync {
     /// A failed round forgets the ETag, so the next watch request answers at once and the
     /// change is tried again rather than at the next quiet round.
     fn enforce(&self, state: &mut State, containers: &[LocalContainer]) -> bool {
-        if state.persisted != state.policies || self.tags.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
-            let tags = state
-                .policies
-                .iter()
-                .flat_map(|p| [(p.source_tag, p.source.clone()), (p.destination_tag, p.destination.clone())])
-                .collect();
-            *self.tags.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(tags);
-        }
         let started = std::time::Instant::now();
         let desired = plan_cell(&state.policies, containers, &state.facts);
         let planned = started.elapsed();
@@ -289,6 +290,7 @@ impl PolicySync {
         if state.persisted == state.policies {
             return;
         }
+        *self.tags.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(tags_of(&state.policies));
         match save_policies(&self.policies_file, &state.policies) {
             Ok(()) => state.persisted = state.policies.clone(),
             Err(e) => {
