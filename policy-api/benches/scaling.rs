@@ -1,6 +1,8 @@
 //! How the operations users send scale with the table (not a test): single-policy creates
-//! (what the cf CLI sends) with 1 and 16 clients, list all, and `GET ...policies?id=<app>`,
-//! measured at 0, 10k, 30k and 60k stored policies on PostgreSQL.
+//! (what the cf CLI sends) with 1 and 16 clients, list all, `GET ...policies?id=<app>`, and
+//! a create through one replica read back at once through another (which that replica
+//! follows from the change log), measured at 0, 10k, 30k and 60k stored policies on
+//! PostgreSQL.
 //!
 //!     cargo bench -p policy-api --bench scaling               # PostgreSQL
 //!     cargo bench -p policy-api --bench scaling -- sqlite     # SQLite (file, WAL)
@@ -80,13 +82,17 @@ fn single_creates(client: &Client, base: usize) -> impl Fn(usize) -> BoxedUnit +
 type BoxedUnit = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 async fn run(name: &str, database_url: String) {
-    let (url, token, stop, server_thread) = start_server(database_url);
+    let (url, token, stop, server_thread) = start_server(database_url.clone());
     let client = Client::new_with_token(&url, &token).unwrap();
+    // A second replica on the same database; its own poll is 1 s, so reading a write of the
+    // first one at once is the read-time version check and the catch-up it triggers.
+    let (url_b, token_b, stop_b, server_b_thread) = start_server(database_url);
+    let client_b = Client::new_with_token(&url_b, &token_b).unwrap();
     println!("\n== {name}");
     println!(
-        "| stored | single create, 1 client | single create, 16 clients | list all, 1 client | `?id=<app>`, 16 clients |"
+        "| stored | single create, 1 client | single create, 16 clients | list all, 1 client | `?id=<app>`, 16 clients | create on A, then `?id=` on B, 1 client |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     let mut seeded = 0;
     let mut next_single = 0;
     for size in SIZES {
@@ -98,7 +104,21 @@ async fn run(name: &str, database_url: String) {
         }
         let (one_rate, one_lat) = load(1, 300, single_creates(&client, next_single)).await;
         let (many_rate, many_lat) = load(16, 2_000, single_creates(&client, next_single + 300)).await;
-        next_single += 2_300;
+        let (cross_rate, cross_lat) = load(1, 200, {
+            let (a, b) = (client.clone(), client_b.clone());
+            let base = next_single + 2_300;
+            move |i| {
+                let (a, b) = (a.clone(), b.clone());
+                async move {
+                    let new = single(base + i);
+                    a.create_policies(&Policies { policies: vec![new.clone()] }).await.expect("create on A");
+                    let seen = b.list_policies(None, Some(&new.source.id), None).await.unwrap().into_inner();
+                    assert!(seen.policies.contains(&new), "B reads A's write at once");
+                }
+            }
+        })
+        .await;
+        next_single += 2_500;
         let list_url = format!("{url}/networking/v1/external/policies");
         let (list_rate, list_lat) = load(1, 20, {
             let client = client.clone();
@@ -126,17 +146,23 @@ async fn run(name: &str, database_url: String) {
         .await;
         let stored_now = client.list_policies(None, None, None).await.unwrap().into_inner().total_policies;
         println!(
-            "| {size} (+{}) | {one_rate:.0} req/s, p50 {} | {many_rate:.0} req/s, p50 {} | {list_rate:.1} req/s, p50 {} | {id_rate:.0} req/s, p50 {} |",
+            "| {size} (+{}) | {one_rate:.0} req/s, p50 {} | {many_rate:.0} req/s, p50 {} | {list_rate:.1} req/s, p50 {} | {id_rate:.0} req/s, p50 {} | {cross_rate:.0} pairs/s, p50 {} |",
             stored_now as usize - size,
             ms(percentile(&one_lat, 0.5)),
             ms(percentile(&many_lat, 0.5)),
             ms(percentile(&list_lat, 0.5)),
-            ms(percentile(&id_lat, 0.5))
+            ms(percentile(&id_lat, 0.5)),
+            ms(percentile(&cross_lat, 0.5))
         );
     }
-    drop(stop);
-    // The server finishes its shutdown before the database goes away.
-    tokio::task::spawn_blocking(move || server_thread.join()).await.unwrap().unwrap();
+    drop((stop, stop_b));
+    // The servers finish their shutdown before the database goes away.
+    tokio::task::spawn_blocking(move || {
+        server_thread.join().expect("replica A stopped");
+        server_b_thread.join().expect("replica B stopped");
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]

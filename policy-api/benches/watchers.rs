@@ -43,7 +43,18 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// User and system CPU seconds of a process, from its `/proc/<pid>/stat`.
+fn cpu_secs(stat: &str) -> f64 {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) and its closing parenthesis.
+    let fields: Vec<&str> = text.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    // USER_HZ is 100 on every Linux architecture c2c runs on.
+    ticks as f64 / 100.0
+}
+
 async fn run(name: &str, database_url: String) {
+    let http2 = std::env::args().any(|a| a == "http2");
     let watchers: usize = std::env::var("C2C_BENCH_WATCHERS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     // This process holds one connection per cell, and the server one more each.
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -70,14 +81,16 @@ async fn run(name: &str, database_url: String) {
     let config_file = dir.join("policy-server.toml");
     std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
 
-    let server = testkit::server_process::ServerProcess::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_policy-server")),
-        &config_file,
-    );
+    // C2C_BENCH_SERVER: another build (or a wrapper, such as a heap profiler) to measure.
+    let binary = std::env::var("C2C_BENCH_SERVER").unwrap_or_else(|_| env!("CARGO_BIN_EXE_policy-server").into());
+    let server = testkit::server_process::ServerProcess::start(std::path::Path::new(&binary), &config_file);
     let pid = server.pid();
     let (api, internal) = (server.api.clone(), server.internal.clone().expect("the cells' API"));
     let metrics = server.metrics.clone().expect("the metrics listener");
-    println!("\n== {name}, {watchers} cells, each on its own connection");
+    println!(
+        "\n== {name}, {watchers} cells, each on its own connection ({})",
+        if http2 { "HTTP/2" } else { "HTTP/1.1" }
+    );
     let admin = policy_client::Client::new_with_token(&api, &cf.uaa.user_token("admin")).unwrap();
     let all: Vec<Policy> = (0..STORED)
         .map(|i| Policy::new(&app(i % 20_000), &app((i / 3 + 1) % 20_000), Protocol::Tcp, 8080, 8080))
@@ -99,28 +112,28 @@ async fn run(name: &str, database_url: String) {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..watchers {
-        let http = reqwest::Client::builder()
-            .add_root_certificate(root.clone())
-            .identity(identity.clone())
-            .http1_only()
-            .pool_max_idle_per_host(1)
-            .timeout(Duration::from_secs(600))
-            .build()
-            .unwrap();
+        let builder = reqwest::Client::builder().add_root_certificate(root.clone()).identity(identity.clone());
+        // netagent's client offers h2 and HTTP/1.1 and so speaks HTTP/2 with c2c; upstream's
+        // agents speak HTTP/1.1.
+        let builder = if http2 { builder.http2_prior_knowledge() } else { builder.http1_only() };
+        let http = builder.pool_max_idle_per_host(1).timeout(Duration::from_secs(600)).build().unwrap();
         let url = format!("{internal}/networking/v1/internal/policies?id={SHARED},cell-app-{w}");
         let (connect, done) = (connect.clone(), done_tx.clone());
         tasks.push(tokio::spawn(async move {
-            let etag = {
+            let mut etag = {
                 let _slot = connect.acquire().await.unwrap();
                 let r = http.get(&url).send().await.expect("first answer");
                 r.headers()["etag"].to_str().unwrap().to_string()
             };
+            // As a cell does: after an answer, watch again with its tag, on the same
+            // connection (the task is stopped at the end).
             loop {
                 let r =
                     http.get(format!("{url}&wait=280s")).header("if-none-match", &etag).send().await.expect("watch");
                 if r.status() == 200 {
                     let _ = done.send((w, Instant::now()));
-                    return;
+                    etag = r.headers()["etag"].to_str().unwrap().to_string();
+                    let _ = r.bytes().await;
                 }
             }
         }));
@@ -154,26 +167,37 @@ async fn run(name: &str, database_url: String) {
         metric(&metrics, "c2c_watch_wakeups_total").await - woken_before
     );
 
-    // Every cell concerned.
+    // Every cell concerned (the one above watching again first).
+    while (metric(&metrics, "c2c_watches_waiting").await as usize) < watchers {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (server_cpu, own_cpu) = (cpu_secs(&format!("/proc/{pid}/stat")), cpu_secs("/proc/self/stat"));
     let t = Instant::now();
     admin
         .create_policies(&Policies { policies: vec![Policy::new(SHARED, &app(1), Protocol::Tcp, 443, 443)] })
         .await
         .unwrap();
     let api_answer = Instant::now();
-    let mut last = api_answer;
-    let mut n = 1;
-    while let Some((_, at)) = done_rx.recv().await {
-        last = last.max(at);
-        n += 1;
+    let mut answered = std::collections::HashMap::new();
+    while answered.len() < watchers {
+        let (w, at) = done_rx.recv().await.expect("every cell answers");
+        answered.entry(w).or_insert(at.saturating_duration_since(api_answer));
     }
+    let mut after: Vec<Duration> = answered.into_values().collect();
+    after.sort();
+    let (server_cpu, own_cpu) =
+        (cpu_secs(&format!("/proc/{pid}/stat")) - server_cpu, cpu_secs("/proc/self/stat") - own_cpu);
     println!(
-        "a create concerning all {n} cells: API answered in {}, last watcher answered {} after the API's answer",
+        "a create concerning all {watchers} cells: API answered in {}; watchers answered after the API's answer: p50 {}, p99 {}, last {}; CPU meanwhile: server {:.2} s, the cells {:.2} s",
         ms(api_answer - t),
-        ms(last.saturating_duration_since(api_answer))
+        ms(stats::percentile(&after, 0.5)),
+        ms(stats::percentile(&after, 0.99)),
+        ms(*after.last().expect("watchers")),
+        server_cpu,
+        own_cpu
     );
-    for t in tasks {
-        let _ = t.await;
+    for t in &tasks {
+        t.abort();
     }
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);

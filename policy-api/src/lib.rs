@@ -2,6 +2,7 @@
 //! store and its background work, as an embeddable library. `policy-server` is a thin binary
 //! around [`server::Server`].
 
+pub mod answers;
 pub mod api;
 pub mod asgs;
 pub mod auth;

@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 /// The limits of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,11 +72,12 @@ pub async fn serve(
     grace: Duration,
 ) {
     let acceptor = tls.map(|config| TlsAcceptor::from(Arc::new(config)));
-    let in_progress = Arc::new(Semaphore::new(limits.max_concurrent_requests));
-    let router = router
-        .layer(axum::middleware::from_fn_with_state(limits.request_timeout, request_deadline))
-        .layer(axum::middleware::from_fn_with_state(limits.body_read_timeout, body_deadline))
-        .layer(axum::middleware::from_fn_with_state(in_progress, request_slot));
+    let guard_state = Arc::new(Guard {
+        in_progress: Semaphore::new(limits.max_concurrent_requests),
+        body_read_timeout: limits.body_read_timeout,
+        request_timeout: limits.request_timeout,
+    });
+    let router = router.layer(axum::middleware::from_fn_with_state(guard_state, guard));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut connections = tokio::task::JoinSet::new();
@@ -103,6 +105,9 @@ pub async fn serve(
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
         let (acceptor, router, watcher) = (acceptor.clone(), router.clone(), graceful.watcher());
+        // The task holds little of its own: the handshake and the connection are boxed, so
+        // an idle connection keeps only the connection's state (the handshake's is freed),
+        // which is what 10,000 parked cells cost (docs/benchmarks.md).
         connections.spawn(async move {
             let _permit = permit;
             match acceptor {
@@ -111,34 +116,11 @@ pub async fn serve(
                     if tokio::time::timeout(limits.header_read_timeout, tcp.readable()).await.is_err() {
                         return;
                     }
-                    serve_connection(TokioIo::new(tcp), router, limits, watcher, peer).await;
+                    Box::pin(serve_connection(TokioIo::new(tcp), router, None, limits, watcher, peer)).await;
                 }
                 Some(acceptor) => {
-                    let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            let reason = refusal_reason(&e);
-                            metrics::counter!("c2c_tls_handshake_failures_total", "reason" => reason).increment(1);
-                            tracing::warn!(%peer, reason, error = %e, "TLS handshake refused");
-                            return;
-                        }
-                        Err(_) => {
-                            metrics::counter!("c2c_tls_handshake_failures_total", "reason" => "timeout").increment(1);
-                            tracing::warn!(%peer, "TLS handshake refused: not completed within the header timeout");
-                            return;
-                        }
-                    };
-                    // The verified client certificate goes with every request of the
-                    // connection, so the cells' API knows which cell is asking.
-                    let cert = crate::cell_identity::ClientCert(
-                        tls.get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .map(|c| Arc::new(c.clone().into_owned())),
-                    );
-                    let router = router.layer(axum::Extension(cert));
-                    serve_connection(TokioIo::new(tls), router, limits, watcher, peer).await;
+                    let Some((tls, cert)) = Box::pin(handshake(&acceptor, tcp, limits, peer)).await else { return };
+                    Box::pin(serve_connection(TokioIo::new(tls), router, Some(cert), limits, watcher, peer)).await;
                 }
             }
         });
@@ -148,16 +130,67 @@ pub async fn serve(
     connections.abort_all();
 }
 
+/// The TLS handshake within the header timeout; a refusal is logged and counted by reason.
+/// Returns the stream and the verified client certificate.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    limits: Limits,
+    peer: SocketAddr,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, crate::cell_identity::ClientCert)> {
+    let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let reason = refusal_reason(&e);
+            metrics::counter!("c2c_tls_handshake_failures_total", "reason" => reason).increment(1);
+            tracing::warn!(%peer, reason, error = %e, "TLS handshake refused");
+            return None;
+        }
+        Err(_) => {
+            metrics::counter!("c2c_tls_handshake_failures_total", "reason" => "timeout").increment(1);
+            tracing::warn!(%peer, "TLS handshake refused: not completed within the header timeout");
+            return None;
+        }
+    };
+    // The verified client certificate goes with every request of the connection, so the
+    // cells' API knows which cell is asking.
+    let cert = crate::cell_identity::ClientCert(
+        tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.clone().into_owned())),
+    );
+    Some((tls, cert))
+}
+
 async fn serve_connection<I>(
     io: TokioIo<I>,
     router: Router,
+    cert: Option<crate::cell_identity::ClientCert>,
     limits: Limits,
     watcher: hyper_util::server::graceful::Watcher,
     peer: SocketAddr,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The certificate goes into each request's extensions. (`Router::layer` per connection
+    // would rebuild every route for each connection: kilobytes per idle cell, and a
+    // noticeable cost when thousands connect or leave at once.)
+    let service = router.map_request(move |mut req: Request<hyper::body::Incoming>| {
+        if let Some(cert) = &cert {
+            req.extensions_mut().insert(cert.clone());
+        }
+        req
+    });
+    // Built in a block so that the builder is not kept beside the connection it made.
+    let conn = {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        configure(&mut builder, limits);
+        builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service)).into_owned()
+    };
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+fn configure(builder: &mut auto::Builder<TokioExecutor>, limits: Limits) {
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     builder
         .http2()
@@ -166,54 +199,51 @@ async fn serve_connection<I>(
         // Pings find peers that vanished without closing (a cell that lost power).
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(router));
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
-    }
 }
 
-/// Answers 503 at once when the listener already has `max_concurrent_requests` in progress,
-/// instead of queueing without bound.
-async fn request_slot(State(slots): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
-    match slots.try_acquire_owned() {
-        Ok(slot) => {
-            let resp = next.run(req).await;
-            drop(slot);
-            resp
-        }
-        Err(_) => {
-            metrics::counter!("c2c_requests_shed_total").increment(1);
-            crate::api::error::ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many requests in progress on this listener; retry shortly",
-            )
-            .into_response()
-        }
-    }
+/// What [`guard`] enforces around every request of a listener.
+struct Guard {
+    in_progress: Semaphore,
+    body_read_timeout: Duration,
+    request_timeout: Duration,
 }
 
-/// Ends a request that takes longer than `timeout` (a database that stopped answering) with a
-/// 503. Dropping the handler drops its transaction uncommitted. Watches are exempt.
-async fn request_deadline(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
-    if req.uri().query().is_some_and(|q| q.contains("wait=")) {
+/// Around every request, in one layer (each layer costs every parked watch a boxed future):
+/// answers 503 at once when the listener already has `max_concurrent_requests` in progress,
+/// instead of queueing without bound; makes a body that stops arriving fail at
+/// `body_read_timeout` after the request started, so a client cannot hold a handler by
+/// trickling it; and ends a request that takes longer than `request_timeout` (a database
+/// that stopped answering) with a 503, which drops its transaction uncommitted. Watches
+/// (`wait=`) are exempt from the last: they wait as asked.
+async fn guard(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+    let Ok(_slot) = guard.in_progress.try_acquire() else {
+        metrics::counter!("c2c_requests_shed_total").increment(1);
+        return crate::api::error::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in progress on this listener; retry shortly",
+        )
+        .into_response();
+    };
+    let watch = req.uri().query().is_some_and(|q| q.contains("wait="));
+    let req = with_body_deadline(req, guard.body_read_timeout);
+    if watch {
         return next.run(req).await;
     }
-    match tokio::time::timeout(timeout, next.run(req)).await {
+    match tokio::time::timeout(guard.request_timeout, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => {
             metrics::counter!("c2c_requests_timed_out_total").increment(1);
-            tracing::error!(?timeout, "request timed out");
+            tracing::error!(timeout = ?guard.request_timeout, "request timed out");
             crate::api::error::ApiError::timed_out().into_response()
         }
     }
 }
 
-/// Makes a request body that stops arriving fail at `timeout` after the request started,
-/// so a client cannot hold a handler by trickling its body.
-async fn body_deadline(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+/// The request with a body that fails once `timeout` has passed since now.
+fn with_body_deadline(req: Request, timeout: Duration) -> Request {
     use futures::StreamExt;
     if HttpBody::is_end_stream(req.body()) {
-        return next.run(req).await;
+        return req;
     }
     let deadline = tokio::time::Instant::now() + timeout;
     let (parts, body) = req.into_parts();
@@ -228,7 +258,7 @@ async fn body_deadline(State(timeout): State<Duration>, req: Request, next: Next
             }
         }
     });
-    next.run(Request::from_parts(parts, Body::from_stream(chunks))).await
+    Request::from_parts(parts, Body::from_stream(chunks))
 }
 
 /// A short label for why a handshake failed, for the metric (the log has the full error).

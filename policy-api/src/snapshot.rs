@@ -8,36 +8,20 @@
 //! replica are seen within that interval (1 s by default) plus one reload. Each version is
 //! published through a `watch` channel, which is also what wakes long-polling cells.
 
-use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{Notify, watch};
 
+pub use crate::answers::Answer;
+use crate::answers::Answers;
 use crate::asgs::SecurityGroup;
 use crate::discovery;
 use crate::mapper;
-use crate::policy::{PolicyFilter, TaggedPolicy};
+use crate::policy::{Policy, PolicyFilter, TaggedPolicy};
 use crate::policy_set::PolicySet;
 use crate::store::{PolicyChange, Store, StoreError, Versions, Written};
-
-/// An answer with its entity tag (a hash of the body, so an unchanged answer keeps its tag
-/// across versions and watchers are not woken for changes that do not concern them).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    pub etag: String,
-    pub body: Bytes,
-}
-
-impl Answer {
-    pub fn new(body: Vec<u8>) -> Answer {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        body.hash(&mut h);
-        Answer { etag: format!("\"{:016x}\"", h.finish()), body: Bytes::from(body) }
-    }
-}
 
 pub struct Snapshot {
     pub versions: Versions,
@@ -46,7 +30,7 @@ pub struct Snapshot {
     pub security_groups: Arc<Vec<SecurityGroup>>,
     pub registrations: Arc<BTreeMap<String, Vec<String>>>,
     /// Answers already rendered at this version, by request key.
-    answers: moka::sync::Cache<String, Arc<Answer>>,
+    answers: Answers,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -67,13 +51,7 @@ impl Snapshot {
         security_groups: Arc<Vec<SecurityGroup>>,
         registrations: Arc<BTreeMap<String, Vec<String>>>,
     ) -> Snapshot {
-        Snapshot {
-            versions,
-            policies,
-            security_groups,
-            registrations,
-            answers: moka::sync::Cache::builder().max_capacity(20_000).build(),
-        }
+        Snapshot { versions, policies, security_groups, registrations, answers: Answers::default() }
     }
 
     /// Policies whose source or destination is one of `ids` (all with `None`), in creation
@@ -100,49 +78,28 @@ impl Snapshot {
     }
 
     /// An answer rendered once per snapshot and `key`.
-    pub fn rendered(&self, key: String, render: impl FnOnce() -> Vec<u8>) -> Arc<Answer> {
-        self.answers.get_with(key, || Arc::new(Answer::new(render())))
+    pub fn rendered(&self, key: &str, render: impl FnOnce() -> Vec<u8>) -> Arc<Answer> {
+        self.answers.get_or_render(key, render)
     }
 
-    /// The internal policies answer for the `id` parameter (`None`: no parameter), rendered
-    /// once per version and request.
-    pub fn policies_answer(&self, id_param: Option<&str>) -> Arc<Answer> {
-        let key = match id_param {
-            None => "*".to_string(),
-            Some(ids) => format!("id={ids}"),
-        };
-        self.answers.get_with(key, || {
-            let ids: Option<Vec<&str>> = id_param.map(|s| s.split(',').collect());
-            Arc::new(Answer::new(mapper::list_v1_tagged(self.policies_for(ids.as_deref()))))
-        })
-    }
-
-    /// The answer for a raw query string of the internal policies endpoint. Cells repeat
-    /// the same query, so the raw string is the cache key and the hot path (a 304) decodes
-    /// nothing.
+    /// The answer for a raw query string of the internal policies endpoint, rendered once
+    /// per version and query. Cells repeat the same query, so the raw string is the key and
+    /// the hot path (a 304) decodes nothing.
     pub fn policies_answer_for_query(&self, raw_query: Option<&str>) -> Arc<Answer> {
-        let key = format!("q:{}", raw_query.unwrap_or(""));
-        if let Some(hit) = self.answers.get(&key) {
-            return hit;
-        }
-        let mut id = None;
-        for (k, v) in url::form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()) {
-            if k == "id" {
-                id = Some(v.into_owned());
-                break;
-            }
-        }
-        let answer = self.policies_answer(id.as_deref());
-        self.answers.insert(key, answer.clone());
-        answer
+        let raw = raw_query.unwrap_or("");
+        self.answers.get_or_render(&format!("q:{raw}"), || {
+            let id = url::form_urlencoded::parse(raw.as_bytes()).find(|(k, _)| k == "id").map(|(_, v)| v.into_owned());
+            let ids: Option<Vec<&str>> = id.as_deref().map(|s| s.split(',').collect());
+            mapper::list_v1_tagged(self.policies_for(ids.as_deref()))
+        })
     }
 
     /// The discovery table answer.
     pub fn registrations_answer(&self) -> Arc<Answer> {
-        self.answers.get_with("registrations".into(), || {
+        self.answers.get_or_render("registrations", || {
             let table: Vec<serde_json::Value> =
                 self.registrations.iter().map(|(h, ips)| serde_json::json!({"hostname": h, "ips": ips})).collect();
-            Arc::new(Answer::new(serde_json::to_vec(&serde_json::json!({ "registrations": table })).expect("JSON")))
+            serde_json::to_vec(&serde_json::json!({ "registrations": table })).expect("JSON")
         })
     }
 }
@@ -165,12 +122,25 @@ impl std::fmt::Debug for Snapshots {
     }
 }
 
-/// Loads the parts whose version differs from `previous` (everything without one).
-async fn load(store: &Store, versions: Versions, previous: Option<&Snapshot>) -> Result<Snapshot, StoreError> {
-    let policies = match previous {
-        Some(p) if p.versions.policies == versions.policies => p.policies.clone(),
-        _ => store.list(&crate::policy::PolicyFilter::All).await?.into_iter().collect(),
-    };
+/// How a refresh read the policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyRead {
+    /// They had not changed.
+    Unchanged,
+    /// What the writes since the last snapshot changed, from the change log.
+    Changes,
+    /// Every policy (at start, or when the log did not cover the versions between).
+    All,
+}
+
+/// Loads the parts whose version differs from `previous` (everything without one). Also
+/// returns the apps whose policies changed since `previous`, and how they were read.
+async fn load(
+    store: &Store,
+    versions: Versions,
+    previous: Option<&Snapshot>,
+) -> Result<(Snapshot, Vec<String>, PolicyRead), StoreError> {
+    let (policies, apps, read) = load_policies(store, &versions, previous).await?;
     let asgs = match previous {
         Some(p) if p.versions.asgs == versions.asgs => p.security_groups.clone(),
         _ => Arc::new(store.security_groups().await?),
@@ -179,7 +149,48 @@ async fn load(store: &Store, versions: Versions, previous: Option<&Snapshot>) ->
         Some(p) if p.versions.discovery == versions.discovery => p.registrations.clone(),
         _ => Arc::new(discovery::table(store.live_registrations().await?)),
     };
-    Ok(Snapshot::new(versions, policies, asgs, registrations))
+    Ok((Snapshot::new(versions, policies, asgs, registrations), apps, read))
+}
+
+/// The policies at `versions`: `previous`'s with the changes the log has for the versions
+/// between (another replica's writes cost what they changed), or, when it does not cover
+/// them, every policy read again. With them, the apps whose policies changed.
+async fn load_policies(
+    store: &Store,
+    versions: &Versions,
+    previous: Option<&Snapshot>,
+) -> Result<(PolicySet, Vec<String>, PolicyRead), StoreError> {
+    let Some(previous) = previous else {
+        return Ok((store.list(&PolicyFilter::All).await?.into_iter().collect(), Vec::new(), PolicyRead::All));
+    };
+    if previous.versions.policies == versions.policies {
+        return Ok((previous.policies.clone(), Vec::new(), PolicyRead::Unchanged));
+    }
+    if let Some(changes) = store.changes_between(&previous.versions, versions).await? {
+        metrics::counter!("c2c_snapshot_policy_loads_total", "read" => "changes").increment(1);
+        let mut policies = previous.policies.clone();
+        let mut apps = BTreeSet::new();
+        for (_, change) in &changes {
+            apps.extend(apply(&mut policies, change));
+        }
+        return Ok((policies, apps.into_iter().collect(), PolicyRead::Changes));
+    }
+    metrics::counter!("c2c_snapshot_policy_loads_total", "read" => "all").increment(1);
+    let policies: PolicySet = store.list(&PolicyFilter::All).await?.into_iter().collect();
+    let apps = previous.policies.changed_apps(&policies);
+    Ok((policies, apps, PolicyRead::All))
+}
+
+/// Applies one write's change; returns the apps of the policies it added or removed
+/// (re-creating a policy that exists, or deleting one that does not, changes nothing).
+fn apply(policies: &mut PolicySet, change: &PolicyChange) -> Vec<String> {
+    let changed: Vec<&Policy> = match change {
+        PolicyChange::Created(created) => {
+            created.iter().filter(|t| policies.insert((*t).clone())).map(|t| &t.policy).collect()
+        }
+        PolicyChange::Deleted(deleted) => deleted.iter().filter(|p| policies.remove(p)).collect(),
+    };
+    crate::policy::apps_of(changed)
 }
 
 impl Snapshots {
@@ -189,7 +200,7 @@ impl Snapshots {
         poll_interval: Duration,
     ) -> Result<(Snapshots, tokio::task::JoinHandle<()>), StoreError> {
         let versions = store.versions().await?;
-        let first = load(&store, versions, None).await?;
+        let (first, ..) = load(&store, versions, None).await?;
         let (tx, rx) = watch::channel(Arc::new(first));
         let snapshots = Snapshots {
             rx,
@@ -214,15 +225,16 @@ impl Snapshots {
         Ok((snapshots, task))
     }
 
-    /// Reloads what changed since the current snapshot, if anything did.
-    pub async fn refresh(&self, store: &Store) -> Result<(), StoreError> {
+    /// Reloads what changed since the current snapshot, if anything did; says how it read
+    /// the policies.
+    pub async fn refresh(&self, store: &Store) -> Result<PolicyRead, StoreError> {
         let versions = store.versions().await?;
         let current = self.current();
         if versions == current.versions {
-            return Ok(());
+            return Ok(PolicyRead::Unchanged);
         }
         let started = std::time::Instant::now();
-        let next = load(store, versions, Some(&current)).await?;
+        let (next, apps, read) = load(store, versions, Some(&current)).await?;
         metrics::histogram!("c2c_snapshot_load_seconds").record(started.elapsed().as_secs_f64());
         metrics::gauge!("c2c_snapshot_policies").set(next.policies.len() as f64);
         // A local write may have published a newer snapshot while this one was loading:
@@ -242,12 +254,10 @@ impl Snapshots {
         });
         if !published {
             self.changed();
-            return Ok(());
+            return Ok(read);
         }
         if policies_moved {
             // Only the watches whose answers another replica's write changed.
-            let now = self.current();
-            let apps = current.policies.changed_apps(&now.policies);
             self.watchers.wake(&crate::watchers::Touched::Apps(apps));
         }
         if discovery_moved {
@@ -256,7 +266,7 @@ impl Snapshots {
         if asgs_moved {
             self.watchers.wake(&crate::watchers::Touched::SecurityGroups);
         }
-        Ok(())
+        Ok(read)
     }
 
     /// Publishes a local policy write at once, from what it changed (no reading back), when
@@ -271,20 +281,13 @@ impl Snapshots {
         // O(what the write changed): the policy set is persistent, so this shares all the
         // rest with the current snapshot.
         let mut policies = current.policies.clone();
-        match &written.change {
-            PolicyChange::Created(created) => {
-                for t in created {
-                    policies.insert(t.clone());
-                }
-            }
-            PolicyChange::Deleted(deleted) => {
-                for p in deleted {
-                    policies.remove(p);
-                }
-            }
-        }
-        let versions =
-            Versions { policies: written.version, last_updated_ns: written.last_updated_ns, ..current.versions };
+        let apps = apply(&mut policies, &written.change);
+        let versions = Versions {
+            policies: written.version,
+            logged_writes: written.logged_writes,
+            last_updated_ns: written.last_updated_ns,
+            ..current.versions
+        };
         let next = Snapshot::new(versions, policies, current.security_groups.clone(), current.registrations.clone());
         metrics::gauge!("c2c_snapshot_policies").set(next.policies.len() as f64);
         let mut next = Some(Arc::new(next));
@@ -299,10 +302,6 @@ impl Snapshots {
             self.changed();
             return;
         }
-        let apps = match &written.change {
-            PolicyChange::Created(created) => crate::policy::apps_of(created.iter().map(|t| &t.policy)),
-            PolicyChange::Deleted(deleted) => crate::policy::apps_of(deleted),
-        };
         self.watchers.wake(&crate::watchers::Touched::Apps(apps));
     }
 
@@ -310,7 +309,7 @@ impl Snapshots {
     /// read of the version row, and when another replica wrote since, a wait for the loader
     /// (shared by every request that needs it). Gives read-your-writes across replicas.
     pub async fn as_of_database(&self, store: &Store) -> Result<Arc<Snapshot>, StoreError> {
-        let (version, _) = store.version().await?;
+        let version = store.version().await?.version;
         let current = self.current();
         if current.versions.policies >= version {
             return Ok(current);
@@ -431,10 +430,12 @@ mod tests {
         let a = snap(vec![tagged("a", "b", 1), tagged("c", "d", 2)]);
         let mut b = snap(vec![tagged("a", "b", 1), tagged("c", "d", 3)]);
         b.versions.policies = 7;
-        assert_eq!(a.policies_answer(Some("a")).etag, b.policies_answer(Some("a")).etag);
-        assert_ne!(a.policies_answer(Some("c")).etag, b.policies_answer(Some("c")).etag);
+        let answer = |s: &Snapshot, q: &str| s.policies_answer_for_query(Some(q));
+        assert_eq!(answer(&a, "id=a").etag, answer(&b, "id=a").etag);
+        assert_ne!(answer(&a, "id=c").etag, answer(&b, "id=c").etag);
+        assert_eq!(answer(&a, "wait=1s&id=a"), answer(&a, "id=a"), "other parameters change nothing");
         assert_eq!(
-            &a.policies_answer(Some("a")).body[..],
+            &answer(&a, "id=a").body[..],
             br#"{"total_policies":1,"policies":[{"source":{"id":"a","tag":"0001"},"destination":{"id":"b","tag":"0002","protocol":"tcp","ports":{"start":1,"end":1}}}]}"#
         );
     }

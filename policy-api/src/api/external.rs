@@ -196,12 +196,13 @@ pub async fn list_policies(
         tracing::error!(error = %e, "database read failed");
         ApiError::internal("database read failed")
     })?;
-    let selected: Vec<&Policy> = snapshot.select(&filter).into_iter().map(|t| &t.policy).collect();
+    let select = || -> Vec<&Policy> { snapshot.select(&filter).into_iter().map(|t| &t.policy).collect() };
     if caller.is_admin() {
         let key = format!("external:{version:?}:{}", query.as_deref().unwrap_or(""));
-        let answer = snapshot.rendered(key, || render(version, &selected));
+        let answer = snapshot.rendered(&key, || render(version, &select()));
         return Ok(json_body(StatusCode::OK, answer.body.clone()));
     }
+    let selected = select();
     let visible = authz::visible(&state.cc, &caller, selected, |p| *p).await.map_err(|e| {
         tracing::error!(error = %e, "filter policies failed");
         ApiError::internal("filter policies failed")

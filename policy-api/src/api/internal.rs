@@ -152,7 +152,7 @@ pub async fn security_groups(
         .unwrap_or_default();
     let key = format!("sg:{from}:{limit}:{}", spaces.join(","));
     let render = |s: &crate::snapshot::Snapshot| {
-        s.rendered(key.clone(), || {
+        s.rendered(&key, || {
             let (groups, next) = crate::asgs::page(&s.security_groups, &spaces, from, limit);
             serde_json::to_vec(&serde_json::json!({ "next": next, "security_groups": groups })).expect("JSON")
         })

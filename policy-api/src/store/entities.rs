@@ -57,6 +57,9 @@ pub mod policies {
         pub id: i64,
         pub group_id: i32,
         pub destination_id: i32,
+        /// The write version that created the row (see `policy_deletions`); NULL for rows
+        /// older than the change log.
+        pub created_version: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -77,6 +80,34 @@ pub mod policies_info {
         pub id: i32,
         pub version: i64,
         pub last_updated_ns: i64,
+        /// Writes that recorded their change (`policies.created_version`,
+        /// `policy_deletions`), bumped with `version`: while both moved alike, a replica can
+        /// follow by reading only the changes.
+        pub logged_writes: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod policy_deletions {
+    use sea_orm::entity::prelude::*;
+
+    /// A policy a write deleted, kept for [`crate::store::KEEP_VERSIONS`] versions so that
+    /// other replicas can follow deletes without reading every policy.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "policy_deletions")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub version: i64,
+        pub source_guid: String,
+        pub destination_guid: String,
+        pub protocol: String,
+        pub start_port: i32,
+        pub end_port: i32,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -3,15 +3,21 @@
 use sea_orm_migration::prelude::*;
 
 use super::entities::{
-    change_versions, destinations, groups, policies, policies_info, registrations, security_groups, subnets, sync_locks,
+    change_versions, destinations, groups, policies, policies_info, policy_deletions, registrations, security_groups,
+    subnets, sync_locks,
 };
 
 pub struct Migrator;
 
+/// An index on one column, created unless it exists.
+fn one_column_index(name: &str, table: impl IntoTableRef, column: impl IntoIden) -> IndexCreateStatement {
+    Index::create().if_not_exists().name(name).table(table).col(column).to_owned()
+}
+
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001Policies), Box::new(M0002CellsApi)]
+        vec![Box::new(M0001Policies), Box::new(M0002CellsApi), Box::new(M0003ChangeLog)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -101,14 +107,11 @@ impl MigrationTrait for M0001Policies {
             )
             .await?;
         manager
-            .create_index(
-                Index::create()
-                    .if_not_exists()
-                    .name("policies_destination_id_idx")
-                    .table(policies::Entity)
-                    .col(policies::Column::DestinationId)
-                    .to_owned(),
-            )
+            .create_index(one_column_index(
+                "policies_destination_id_idx",
+                policies::Entity,
+                policies::Column::DestinationId,
+            ))
             .await?;
         manager
             .create_table(
@@ -231,5 +234,65 @@ impl MigrationTrait for M0002CellsApi {
             .to_owned();
         manager.get_connection().execute(&insert).await?;
         Ok(())
+    }
+}
+
+/// The policy change log: the version that created each policy row, deleted policies, and a
+/// count of the writes that recorded their change. Rows from before it have no version, and
+/// a write from a replica without it moves `version` alone; either way a replica that sees
+/// the two counts move apart reads everything once.
+struct M0003ChangeLog;
+
+impl MigrationName for M0003ChangeLog {
+    fn name(&self) -> &str {
+        "m0003_change_log"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0003ChangeLog {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(policies::Entity)
+                    .add_column(ColumnDef::new(policies::Column::CreatedVersion).big_integer().null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(one_column_index(
+                "policies_created_version_idx",
+                policies::Entity,
+                policies::Column::CreatedVersion,
+            ))
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(policies_info::Entity)
+                    .add_column(ColumnDef::new(policies_info::Column::LoggedWrites).big_integer().not_null().default(0))
+                    .to_owned(),
+            )
+            .await?;
+        use policy_deletions::Column as Pd;
+        manager
+            .create_table(
+                Table::create()
+                    .table(policy_deletions::Entity)
+                    .if_not_exists()
+                    .col(ColumnDef::new(Pd::Id).big_integer().not_null().auto_increment().primary_key())
+                    .col(ColumnDef::new(Pd::Version).big_integer().not_null())
+                    .col(ColumnDef::new(Pd::SourceGuid).string_len(255).not_null())
+                    .col(ColumnDef::new(Pd::DestinationGuid).string_len(255).not_null())
+                    .col(ColumnDef::new(Pd::Protocol).string_len(16).not_null())
+                    .col(ColumnDef::new(Pd::StartPort).integer().not_null())
+                    .col(ColumnDef::new(Pd::EndPort).integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(one_column_index("policy_deletions_version_idx", policy_deletions::Entity, Pd::Version))
+            .await
     }
 }

@@ -7,6 +7,7 @@
 //! batched statements, not a handful per policy.
 
 mod asgs;
+mod changes;
 pub mod entities;
 mod leases;
 mod locks;
@@ -24,10 +25,11 @@ use sea_orm::sea_query::SelectStatement;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, FromQueryResult};
 use sea_orm_migration::MigratorTrait;
 
+pub use changes::{KEEP_VERSIONS, log_covers};
 pub use leases::LeaseStoreError;
 pub use policies::{CreateLimits, PolicyChange, Written, count_sources};
 pub use tags::Tag;
-pub use versions::{Versions, now_secs};
+pub use versions::{PolicyVersion, Versions, now_secs};
 
 /// Upper bound of values bound in one statement, well under every backend's limit.
 const CHUNK: usize = 500;

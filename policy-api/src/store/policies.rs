@@ -4,23 +4,26 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
-use sea_orm::sea_query::{Alias, CaseStatement, Condition, Expr, ExprTrait, JoinType, OnConflict, Order, Query};
+use sea_orm::sea_query::{
+    Alias, CaseStatement, Condition, Expr, ExprTrait, JoinType, OnConflict, Order, Query, SelectStatement,
+};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult, TransactionTrait};
 
+use super::changes::record_deletions;
 use super::entities::{destinations, groups, policies};
 use super::tags::{IdRow, group_ids};
-use super::versions::bump;
+use super::versions::{PolicyVersion, bump};
 use super::{CHUNK, Store, StoreError, fetch, record};
 use crate::policy::{Policy, PolicyFilter, Protocol, TaggedPolicy, format_tag};
 
 /// A policy row joined with its destination, by group id.
 #[derive(FromQueryResult)]
-struct PolicyRow {
-    source_group: i32,
-    destination_group: i32,
-    protocol: String,
-    start_port: i32,
-    end_port: i32,
+pub(super) struct PolicyRow {
+    pub source_group: i32,
+    pub destination_group: i32,
+    pub protocol: String,
+    pub start_port: i32,
+    pub end_port: i32,
 }
 
 #[derive(FromQueryResult)]
@@ -45,16 +48,16 @@ impl Store {
     pub async fn create(&self, policies: &[Policy], limits: CreateLimits) -> Result<Written, StoreError> {
         self.retrying("create", || async {
             let txn = self.db.begin().await?;
-            let (version, last_updated_ns) = bump(&txn).await?;
+            let written = bump(&txn).await?;
             if let Some(max) = limits.max_per_source {
                 let existing = count_by_source(&txn, &crate::quota::apps_to_count(policies)).await?;
                 if crate::quota::exceeded(&existing, policies, max) {
                     return Err(StoreError::QuotaExceeded);
                 }
             }
-            let (tagged, new_tags) = self.create_in(&txn, policies, limits.max_new_tags).await?;
+            let (tagged, new_tags) = self.create_in(&txn, written.version, policies, limits.max_new_tags).await?;
             txn.commit().await?;
-            Ok(Written { version, last_updated_ns, new_tags, change: PolicyChange::Created(tagged) })
+            Ok(Written::new(written, new_tags, PolicyChange::Created(tagged)))
         })
         .await
     }
@@ -71,7 +74,7 @@ impl Store {
     ) -> Result<(Written, Vec<Result<u64, StoreError>>), StoreError> {
         self.retrying("create", || async {
             let txn = self.db.begin().await?;
-            let (version, last_updated_ns) = bump(&txn).await?;
+            let written = bump(&txn).await?;
             let limited: Vec<&Policy> =
                 requests.iter().filter(|(_, l)| l.max_per_source.is_some()).flat_map(|(p, _)| p).collect();
             let mut counts = if limited.is_empty() {
@@ -120,9 +123,9 @@ impl Store {
                 outcomes.push(Ok(new.len() as u64));
                 accepted.extend(policies.iter().cloned());
             }
-            let (tagged, new_tags) = self.create_in(&txn, &accepted, None).await?;
+            let (tagged, new_tags) = self.create_in(&txn, written.version, &accepted, None).await?;
             txn.commit().await?;
-            Ok((Written { version, last_updated_ns, new_tags, change: PolicyChange::Created(tagged) }, outcomes))
+            Ok((Written::new(written, new_tags, PolicyChange::Created(tagged)), outcomes))
         })
         .await
     }
@@ -131,10 +134,11 @@ impl Store {
     pub async fn delete(&self, policies: &[Policy]) -> Result<Written, StoreError> {
         self.retrying("delete", || async {
             let txn = self.db.begin().await?;
-            let (version, last_updated_ns) = bump(&txn).await?;
-            delete_in(&txn, policies).await?;
+            let written = bump(&txn).await?;
+            let deleted = delete_in(&txn, policies).await?;
+            record_deletions(&txn, written.version, &deleted).await?;
             txn.commit().await?;
-            Ok(Written { version, last_updated_ns, new_tags: 0, change: PolicyChange::Deleted(policies.to_vec()) })
+            Ok(Written::new(written, 0, PolicyChange::Deleted(policies.to_vec())))
         })
         .await
     }
@@ -144,6 +148,7 @@ impl Store {
     async fn create_in(
         &self,
         txn: &DatabaseTransaction,
+        version: i64,
         policies: &[Policy],
         max_new_tags: Option<u64>,
     ) -> Result<(Vec<TaggedPolicy>, u64), StoreError> {
@@ -241,14 +246,14 @@ impl Store {
             let mut insert = Query::insert();
             insert
                 .into_table(policies::Entity)
-                .columns([policies::Column::GroupId, policies::Column::DestinationId])
+                .columns([policies::Column::GroupId, policies::Column::DestinationId, policies::Column::CreatedVersion])
                 .on_conflict(
                     OnConflict::columns([policies::Column::GroupId, policies::Column::DestinationId])
                         .do_nothing_on([policies::Column::Id])
                         .to_owned(),
                 );
             for (group, dest) in chunk {
-                insert.values_panic([(*group).into(), (*dest).into()]);
+                insert.values_panic([(*group).into(), (*dest).into(), version.into()]);
             }
             txn.execute(&insert).await?;
         }
@@ -272,24 +277,8 @@ impl Store {
     }
 
     async fn list_inner(&self, filter: &PolicyFilter) -> Result<Vec<TaggedPolicy>, StoreError> {
-        // Policies joined with their destinations only; group guids come from a second, small
-        // query. Joining `groups` twice made the database hash the whole 65,535-row tag pool
-        // twice per listing.
+        let mut stmt = joined_policies();
         let (d, p) = (Alias::new("d"), Alias::new("p"));
-        let mut stmt = Query::select();
-        stmt.expr_as(Expr::col((p.clone(), policies::Column::GroupId)), Alias::new("source_group"))
-            .expr_as(Expr::col((d.clone(), destinations::Column::GroupId)), Alias::new("destination_group"))
-            .expr_as(Expr::col((d.clone(), destinations::Column::Protocol)), Alias::new("protocol"))
-            .expr_as(Expr::col((d.clone(), destinations::Column::StartPort)), Alias::new("start_port"))
-            .expr_as(Expr::col((d.clone(), destinations::Column::EndPort)), Alias::new("end_port"))
-            .from_as(policies::Entity, p.clone())
-            .join_as(
-                JoinType::InnerJoin,
-                destinations::Entity,
-                d.clone(),
-                Expr::col((d.clone(), destinations::Column::Id)).equals((p.clone(), policies::Column::DestinationId)),
-            )
-            .order_by((p.clone(), policies::Column::Id), Order::Asc);
         // Guids are resolved to group ids first, so the filter compares indexed integer
         // columns (PostgreSQL then uses the indexes for the OR as well). Very long id lists
         // would exceed bind limits; those are filtered in memory instead.
@@ -322,30 +311,58 @@ impl Store {
             let used: BTreeSet<i32> = raw.iter().flat_map(|r| [r.source_group, r.destination_group]).collect();
             self.allocated_groups(Some(used.into_iter().collect())).await?
         };
-        let mut out = Vec::with_capacity(raw.len());
-        for PolicyRow { source_group: src, destination_group: dst, protocol, start_port: start, end_port: end } in raw {
-            let (Some(protocol), Some(source), Some(destination)) =
-                (Protocol::parse(&protocol), guids.get(&src), guids.get(&dst))
-            else {
-                continue;
-            };
-            let policy = Policy {
-                source: source.clone(),
-                destination: destination.clone(),
-                protocol,
-                start: u16::try_from(start).unwrap_or(0),
-                end: u16::try_from(end).unwrap_or(0),
-            };
-            if filter_in_memory && !filter.matches(&policy) {
-                continue;
-            }
-            out.push(TaggedPolicy {
-                source_tag: format_tag(i64::from(src), self.tag_length),
-                destination_tag: format_tag(i64::from(dst), self.tag_length),
-                policy,
-            });
-        }
-        Ok(out)
+        Ok(raw
+            .iter()
+            .filter_map(|row| row.tagged(&guids, self.tag_length))
+            .filter(|t| !filter_in_memory || filter.matches(&t.policy))
+            .collect())
+    }
+}
+
+/// [`PolicyRow`]s in creation order: policies (`p`) joined with their destinations (`d`)
+/// only; group guids come from a second, small query. Joining `groups` twice made the
+/// database hash the whole 65,535-row tag pool twice per listing.
+pub(super) fn joined_policies() -> SelectStatement {
+    let (d, p) = (Alias::new("d"), Alias::new("p"));
+    Query::select()
+        .expr_as(Expr::col((p.clone(), policies::Column::GroupId)), Alias::new("source_group"))
+        .expr_as(Expr::col((d.clone(), destinations::Column::GroupId)), Alias::new("destination_group"))
+        .expr_as(Expr::col((d.clone(), destinations::Column::Protocol)), Alias::new("protocol"))
+        .expr_as(Expr::col((d.clone(), destinations::Column::StartPort)), Alias::new("start_port"))
+        .expr_as(Expr::col((d.clone(), destinations::Column::EndPort)), Alias::new("end_port"))
+        .from_as(policies::Entity, p.clone())
+        .join_as(
+            JoinType::InnerJoin,
+            destinations::Entity,
+            d.clone(),
+            Expr::col((d, destinations::Column::Id)).equals((p.clone(), policies::Column::DestinationId)),
+        )
+        .order_by((p, policies::Column::Id), Order::Asc)
+        .to_owned()
+}
+
+impl PolicyRow {
+    /// The policy with its tags, given the guids of its groups; `None` for a row that
+    /// cannot be one (a group without a guid, an unknown protocol).
+    pub(super) fn tagged(&self, guids: &HashMap<i32, String>, tag_length: u8) -> Option<TaggedPolicy> {
+        let (src, dst) = (self.source_group, self.destination_group);
+        let (Some(protocol), Some(source), Some(destination)) =
+            (Protocol::parse(&self.protocol), guids.get(&src), guids.get(&dst))
+        else {
+            return None;
+        };
+        let policy = Policy {
+            source: source.clone(),
+            destination: destination.clone(),
+            protocol,
+            start: u16::try_from(self.start_port).unwrap_or(0),
+            end: u16::try_from(self.end_port).unwrap_or(0),
+        };
+        Some(TaggedPolicy {
+            source_tag: format_tag(i64::from(src), tag_length),
+            destination_tag: format_tag(i64::from(dst), tag_length),
+            policy,
+        })
     }
 }
 
@@ -382,10 +399,24 @@ async fn count_by_source<C: ConnectionTrait>(db: &C, apps: &[String]) -> Result<
 pub struct Written {
     /// The write version this transaction produced (the one before it plus one).
     pub version: i64,
+    /// `logged_writes` after this write.
+    pub logged_writes: i64,
     pub last_updated_ns: i64,
     /// Apps that got a tag in this write.
     pub new_tags: u64,
     pub change: PolicyChange,
+}
+
+impl Written {
+    fn new(row: PolicyVersion, new_tags: u64, change: PolicyChange) -> Written {
+        Written {
+            version: row.version,
+            logged_writes: row.logged_writes,
+            last_updated_ns: row.last_updated_ns,
+            new_tags,
+            change,
+        }
+    }
 }
 
 /// Limits a create must stay within, checked inside its transaction. Admins have none.
@@ -433,7 +464,8 @@ async fn destination_ids(
     Ok(out)
 }
 
-async fn delete_in(txn: &DatabaseTransaction, policies: &[Policy]) -> Result<(), StoreError> {
+/// Deletes the policies that exist and returns them (each once).
+async fn delete_in<'p>(txn: &DatabaseTransaction, policies: &'p [Policy]) -> Result<Vec<&'p Policy>, StoreError> {
     let guids: Vec<&str> = policies
         .iter()
         .flat_map(|p| [p.source.as_str(), p.destination.as_str()])
@@ -445,6 +477,7 @@ async fn delete_in(txn: &DatabaseTransaction, policies: &[Policy]) -> Result<(),
     let dest_ids = destination_ids(txn, &dest_groups).await?;
 
     let mut pairs: BTreeSet<(i32, i32)> = BTreeSet::new();
+    let mut deleted: Vec<&Policy> = Vec::new();
     let mut touched_groups: BTreeSet<i32> = BTreeSet::new();
     let mut touched_dests: BTreeSet<i32> = BTreeSet::new();
     for p in policies {
@@ -455,12 +488,14 @@ async fn delete_in(txn: &DatabaseTransaction, policies: &[Policy]) -> Result<(),
         let Some(dest) = dest_ids.get(&key) else {
             continue;
         };
-        pairs.insert((*src, *dest));
+        if pairs.insert((*src, *dest)) {
+            deleted.push(p);
+        }
         touched_groups.extend([*src, *dst]);
         touched_dests.insert(*dest);
     }
     if pairs.is_empty() {
-        return Ok(());
+        return Ok(deleted);
     }
     let pairs: Vec<_> = pairs.into_iter().collect();
     for chunk in pairs.chunks(CHUNK / 2) {
@@ -501,7 +536,7 @@ async fn delete_in(txn: &DatabaseTransaction, policies: &[Policy]) -> Result<(),
             .to_owned();
         txn.execute(&update).await?;
     }
-    Ok(())
+    Ok(deleted)
 }
 
 /// Which of `ids` appear in `column` of `table`.

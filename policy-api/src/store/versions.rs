@@ -22,15 +22,20 @@ fn now_ns() -> i64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Versions {
     pub policies: i64,
+    /// Policy writes that recorded their change (see [`super::changes`]).
+    pub logged_writes: i64,
     pub last_updated_ns: i64,
     pub asgs: i64,
     pub discovery: i64,
 }
 
-#[derive(FromQueryResult)]
-struct PolicyVersionRow {
-    version: i64,
-    last_updated_ns: i64,
+/// The policies' version row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, FromQueryResult)]
+pub struct PolicyVersion {
+    pub version: i64,
+    pub logged_writes: i64,
+    /// Unix nanoseconds of the last write.
+    pub last_updated_ns: i64,
 }
 
 #[derive(FromQueryResult)]
@@ -40,19 +45,19 @@ struct ChangeVersionRow {
 }
 
 impl Store {
-    /// The write version and the time of the last write (Unix nanoseconds).
-    pub async fn version(&self) -> Result<(i64, i64), StoreError> {
+    /// The policies' version row.
+    pub async fn version(&self) -> Result<PolicyVersion, StoreError> {
         version_in(&self.db).await
     }
 
     /// Every version counter.
     pub async fn versions(&self) -> Result<Versions, StoreError> {
-        let (policies, last_updated_ns) = self.version().await?;
+        let PolicyVersion { version: policies, logged_writes, last_updated_ns } = self.version().await?;
         let stmt = Query::select()
             .columns([change_versions::Column::Name, change_versions::Column::Version])
             .from(change_versions::Entity)
             .to_owned();
-        let mut v = Versions { policies, last_updated_ns, ..Versions::default() };
+        let mut v = Versions { policies, logged_writes, last_updated_ns, ..Versions::default() };
         for row in fetch::<ChangeVersionRow, _>(&self.db, &stmt).await? {
             match row.name.as_str() {
                 "asgs" => v.asgs = row.version,
@@ -64,23 +69,28 @@ impl Store {
     }
 }
 
-pub(super) async fn version_in<C: ConnectionTrait>(db: &C) -> Result<(i64, i64), StoreError> {
+const VERSION_COLUMNS: [policies_info::Column; 3] =
+    [policies_info::Column::Version, policies_info::Column::LoggedWrites, policies_info::Column::LastUpdatedNs];
+
+pub(super) async fn version_in<C: ConnectionTrait>(db: &C) -> Result<PolicyVersion, StoreError> {
     let stmt = Query::select()
-        .columns([policies_info::Column::Version, policies_info::Column::LastUpdatedNs])
+        .columns(VERSION_COLUMNS)
         .from(policies_info::Entity)
         .and_where(Expr::col(policies_info::Column::Id).eq(1))
         .to_owned();
-    Ok(fetch_one::<PolicyVersionRow, _>(db, &stmt).await?.map_or((0, 0), |r| (r.version, r.last_updated_ns)))
+    Ok(fetch_one::<PolicyVersion, _>(db, &stmt).await?.unwrap_or_default())
 }
 
 /// Bumps the policies' version row, the first statement of every policy write, and returns
-/// the version and time it wrote (the row stays locked by the transaction, so they are the
-/// write's). One round trip where an update can return rows (PostgreSQL, SQLite): a single
-/// create is a short transaction, and each round trip is a good part of it.
-pub(super) async fn bump(txn: &DatabaseTransaction) -> Result<(i64, i64), StoreError> {
+/// what it wrote (the row stays locked by the transaction, so it is the write's). Every
+/// write records its change, so it counts itself in `logged_writes` too. One round trip
+/// where an update can return rows (PostgreSQL, SQLite): a single create is a short
+/// transaction, and each round trip is a good part of it.
+pub(super) async fn bump(txn: &DatabaseTransaction) -> Result<PolicyVersion, StoreError> {
     let mut update = Query::update()
         .table(policies_info::Entity)
         .value(policies_info::Column::Version, Expr::col(policies_info::Column::Version).add(1))
+        .value(policies_info::Column::LoggedWrites, Expr::col(policies_info::Column::LoggedWrites).add(1))
         .value(policies_info::Column::LastUpdatedNs, now_ns())
         .and_where(Expr::col(policies_info::Column::Id).eq(1))
         .to_owned();
@@ -88,11 +98,9 @@ pub(super) async fn bump(txn: &DatabaseTransaction) -> Result<(i64, i64), StoreE
         txn.execute(&update).await?;
         return version_in(txn).await;
     }
-    update
-        .returning(Query::returning().columns([policies_info::Column::Version, policies_info::Column::LastUpdatedNs]));
+    update.returning(Query::returning().columns(VERSION_COLUMNS));
     let row = txn.query_one(&update).await?;
-    let row = row.map(|r| PolicyVersionRow::from_query_result(&r, "")).transpose()?;
-    Ok(row.map_or((0, 0), |r| (r.version, r.last_updated_ns)))
+    Ok(row.map(|r| PolicyVersion::from_query_result(&r, "")).transpose()?.unwrap_or_default())
 }
 
 /// Takes the writers' row lock without changing the version: for writes (a tag alone)

@@ -477,8 +477,24 @@ async fn every_internal_route_is_routed() {
 /// A local write reaches the snapshot from what it changed, without reading every policy
 /// back, and the result is exactly what a reload gives; a write through another replica in
 /// between makes it read everything again instead.
+/// The snapshot holds what reading the store gives: the same versions, and the same policies
+/// in the same order with the same tags.
+async fn snapshot_matches_store(
+    snapshots: &policy_api::snapshot::Snapshots,
+    store: &policy_api::store::Store,
+    what: String,
+) {
+    let current = snapshots.current();
+    assert_eq!(current.versions, store.versions().await.unwrap(), "{what}: versions");
+    assert_eq!(
+        current.policies.iter().cloned().collect::<Vec<_>>(),
+        store.list(&policy_api::policy::PolicyFilter::All).await.unwrap(),
+        "{what}: policies"
+    );
+}
+
 pub async fn local_writes_publish_what_a_reload_would(backend: Backend) {
-    use policy_api::policy::{Policy as StoredPolicy, PolicyFilter, Protocol as StoredProtocol};
+    use policy_api::policy::{Policy as StoredPolicy, Protocol as StoredProtocol};
     use policy_api::snapshot::Snapshots;
     use policy_api::store::{Store, StoreOptions};
 
@@ -487,18 +503,7 @@ pub async fn local_writes_publish_what_a_reload_would(backend: Backend) {
     // The loader only runs when asked: what the test sees comes from `written`.
     let (snapshots, loader) = Snapshots::start(store.clone(), Duration::from_secs(3600)).await.unwrap();
     let sp = |s: &str, d: &str, port: u16| StoredPolicy::new(s, d, StoredProtocol::Tcp, port, port);
-    let same_as_reload = |what: &'static str| {
-        let (store, snapshots) = (store.clone(), snapshots.clone());
-        async move {
-            let current = snapshots.current();
-            assert_eq!(current.versions, store.versions().await.unwrap(), "{what}: versions");
-            assert_eq!(
-                current.policies.iter().cloned().collect::<Vec<_>>(),
-                store.list(&PolicyFilter::All).await.unwrap(),
-                "{what}: policies"
-            );
-        }
-    };
+    let same_as_reload = |what: &'static str| snapshot_matches_store(&snapshots, &store, what.to_string());
 
     let w = store.create(&[sp("a", "b", 80), sp("a", "c", 81), sp("a", "b", 80)], Default::default()).await.unwrap();
     snapshots.written(&w);
@@ -522,6 +527,80 @@ pub async fn local_writes_publish_what_a_reload_would(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     same_as_reload("after another replica's write").await;
+    loader.abort();
+}
+
+/// Replica B follows replica A's writes by reading only what they changed, and ends with
+/// exactly what reading every policy gives (order and tags included), over a long run of
+/// creates and deletes: re-creates, deletes of absent policies, tags freed and given to
+/// other apps. A write that did not record its change (an older server) and a replica
+/// that fell behind the kept deletions make B read everything once; nothing is missed.
+pub async fn another_replicas_writes_are_followed_from_the_change_log(backend: Backend) {
+    use policy_api::policy::{Policy as StoredPolicy, Protocol as StoredProtocol};
+    use policy_api::snapshot::{PolicyRead, Snapshots};
+    use policy_api::store::{KEEP_VERSIONS, Store, StoreOptions};
+    use sea_orm::ConnectionTrait;
+
+    let db = crate::harness::TestDb::create(backend).await;
+    let options = StoreOptions { tag_length: 1, ..StoreOptions::default() };
+    let (a, b) = (Store::connect(&db.url, &options).await.unwrap(), Store::connect(&db.url, &options).await.unwrap());
+    // B's loader only runs when asked.
+    let (snapshots, loader) = Snapshots::start(b.clone(), Duration::from_secs(3600)).await.unwrap();
+    let same_as_reading_all = |what: String| snapshot_matches_store(&snapshots, &b, what);
+    let sp = |s: u64, d: u64, port: u64| {
+        StoredPolicy::new(&format!("app-{s}"), &format!("app-{d}"), StoredProtocol::Tcp, port as u16, port as u16)
+    };
+    // A fixed pseudo-random run (xorshift), so a failure repeats.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    for round in 0..40 {
+        // One to three writes by A between B's looks.
+        for _ in 0..=next(3) {
+            let policies: Vec<StoredPolicy> = (0..=next(4)).map(|_| sp(next(12), next(12), 1 + next(3))).collect();
+            if next(3) == 0 {
+                a.delete(&policies).await.unwrap();
+            } else {
+                a.create(&policies, Default::default()).await.unwrap();
+            }
+        }
+        assert_eq!(snapshots.refresh(&b).await.unwrap(), PolicyRead::Changes, "round {round}");
+        same_as_reading_all(format!("round {round}")).await;
+    }
+    assert_eq!(snapshots.refresh(&b).await.unwrap(), PolicyRead::Unchanged);
+
+    // A write that moved the version without recording its change.
+    let unlogged = "UPDATE policies_info SET version = version + 1 WHERE id = 1";
+    b.connection().execute_unprepared(unlogged).await.unwrap();
+    a.create(&[sp(1, 2, 9)], Default::default()).await.unwrap();
+    assert_eq!(snapshots.refresh(&b).await.unwrap(), PolicyRead::All, "an unlogged write: read everything");
+    same_as_reading_all("after an unlogged write".into()).await;
+    a.delete(&[sp(1, 2, 9)]).await.unwrap();
+    assert_eq!(snapshots.refresh(&b).await.unwrap(), PolicyRead::Changes, "then the log again");
+    same_as_reading_all("after the log resumed".into()).await;
+
+    // Far behind: deletions older than the kept versions are pruned by the next delete, and
+    // a replica that far behind reads everything.
+    let count = || async {
+        let row = b
+            .connection()
+            .query_one_raw(sea_orm::Statement::from_string(b.backend(), "SELECT COUNT(*) AS n FROM policy_deletions"));
+        row.await.unwrap().unwrap().try_get_by_index::<i64>(0).unwrap()
+    };
+    assert!(count().await > 0, "deletions are kept");
+    let jump = format!(
+        "UPDATE policies_info SET version = version + {KEEP_VERSIONS}, logged_writes = logged_writes + {KEEP_VERSIONS} WHERE id = 1"
+    );
+    b.connection().execute_unprepared(&jump).await.unwrap();
+    a.create(&[sp(3, 4, 9)], Default::default()).await.unwrap();
+    a.delete(&[sp(3, 4, 9)]).await.unwrap();
+    assert_eq!(count().await, 1, "only the last delete's row is left");
+    assert_eq!(snapshots.refresh(&b).await.unwrap(), PolicyRead::All, "too far behind for the log");
+    same_as_reading_all("after falling behind".into()).await;
     loader.abort();
 }
 

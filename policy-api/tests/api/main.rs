@@ -30,6 +30,7 @@ for_backends!(
     lease_races_across_replicas,
     discovery_registrations,
     local_writes_publish_what_a_reload_would,
+    another_replicas_writes_are_followed_from_the_change_log,
     create_list_and_idempotence,
     v0_create_and_delete_match_v1,
     filters,
