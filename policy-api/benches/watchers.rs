@@ -1,14 +1,21 @@
 //! 10,000 watching cells, each on its own mTLS connection, as real cells are (not a test):
 //!
-//!     cargo bench -p policy-api --bench watchers            # PostgreSQL
+//!     cargo bench -p policy-api --bench watchers                # PostgreSQL, HTTP/1.1
+//!     cargo bench -p policy-api --bench watchers -- http2       # HTTP/2
+//!     cargo bench -p policy-api --bench watchers -- netagent    # HTTP/2, 3 watches a cell
 //!     cargo bench -p policy-api --bench watchers -- sqlite
 //!
 //! The real `policy-server` binary holds 60,000 policies; 10,000 cells each open their own
-//! TLS connection (HTTP/1.1) and watch `internal/policies?id=<a shared app>,<its own app>`.
+//! TLS connection and watch `internal/policies?id=<a shared app>,<its own app>`, and after
+//! an answer watch again with its tag, as cells do. HTTP/1.1 is what upstream's agents
+//! speak; netagent speaks HTTP/2 and also watches its spaces' security groups and the
+//! discovery table on the same connection (`netagent`).
 //! Measures: the server's resident memory and open file descriptors with every watch
-//! parked; a create that concerns every cell (the shared app) and the time from the API's
-//! answer to the last watcher answered; a create that concerns one cell and how many
-//! watches it woke. `C2C_BENCH_WATCHERS` changes the number of cells.
+//! parked; a create that concerns one cell and how many watches it woke; a create that
+//! concerns every cell (the shared app), the time from the API's answer to the watchers'
+//! answers (p50, p99, last), and the CPU the server and the cells spent meanwhile.
+//! `C2C_BENCH_WATCHERS` changes the number of cells; `C2C_BENCH_SERVER` measures another
+//! `policy-server` binary (or a wrapper around it, such as a heap profiler).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +41,13 @@ async fn metric(url: &str, name: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
 }
 
+/// A watcher's first, unconditional answer, its tag; `connect` paces the TLS handshakes.
+async fn first_tag(http: &reqwest::Client, connect: &tokio::sync::Semaphore, url: &str) -> String {
+    let _slot = connect.acquire().await.unwrap();
+    let r = http.get(url).send().await.expect("first answer");
+    r.headers()["etag"].to_str().unwrap().to_string()
+}
+
 fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -54,7 +68,11 @@ fn cpu_secs(stat: &str) -> f64 {
 }
 
 async fn run(name: &str, database_url: String) {
-    let http2 = std::env::args().any(|a| a == "http2");
+    // `netagent`: as netagent does, HTTP/2 and three watches per cell on its one connection
+    // (policies, its spaces' security groups, the discovery table).
+    let netagent = std::env::args().any(|a| a == "netagent");
+    let http2 = netagent || std::env::args().any(|a| a == "http2");
+    let streams = if netagent { 3 } else { 1 };
     let watchers: usize = std::env::var("C2C_BENCH_WATCHERS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     // This process holds one connection per cell, and the server one more each.
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -118,13 +136,25 @@ async fn run(name: &str, database_url: String) {
         let builder = if http2 { builder.http2_prior_knowledge() } else { builder.http1_only() };
         let http = builder.pool_max_idle_per_host(1).timeout(Duration::from_secs(600)).build().unwrap();
         let url = format!("{internal}/networking/v1/internal/policies?id={SHARED},cell-app-{w}");
+        if netagent {
+            for other in [
+                format!("{internal}/networking/v1/internal/security_groups?space_guids=space-{w}"),
+                format!("{internal}/v1/registrations"),
+            ] {
+                let (http, connect) = (http.clone(), connect.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut etag = first_tag(&http, &connect, &other).await;
+                    let watch = format!("{other}{}wait=280s", if other.contains('?') { '&' } else { '?' });
+                    loop {
+                        let r = http.get(&watch).header("if-none-match", &etag).send().await.expect("watch");
+                        etag = r.headers()["etag"].to_str().unwrap().to_string();
+                    }
+                }));
+            }
+        }
         let (connect, done) = (connect.clone(), done_tx.clone());
         tasks.push(tokio::spawn(async move {
-            let mut etag = {
-                let _slot = connect.acquire().await.unwrap();
-                let r = http.get(&url).send().await.expect("first answer");
-                r.headers()["etag"].to_str().unwrap().to_string()
-            };
+            let mut etag = first_tag(&http, &connect, &url).await;
             // As a cell does: after an answer, watch again with its tag, on the same
             // connection (the task is stopped at the end).
             loop {
@@ -139,12 +169,13 @@ async fn run(name: &str, database_url: String) {
         }));
     }
     drop(done_tx);
-    while (metric(&metrics, "c2c_watches_waiting").await as usize) < watchers {
+    let watches = watchers * streams;
+    while (metric(&metrics, "c2c_watches_waiting").await as usize) < watches {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (rss, fds) = (status_kib(pid, "VmRSS:"), std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count());
     println!(
-        "{watchers} watches parked after {:.1} s: server RSS {} MiB (+{} MiB), {} fds",
+        "{watches} watches parked after {:.1} s: server RSS {} MiB (+{} MiB), {} fds",
         started.elapsed().as_secs_f64(),
         rss / 1024,
         rss.saturating_sub(rss_before) / 1024,
@@ -168,7 +199,7 @@ async fn run(name: &str, database_url: String) {
     );
 
     // Every cell concerned (the one above watching again first).
-    while (metric(&metrics, "c2c_watches_waiting").await as usize) < watchers {
+    while (metric(&metrics, "c2c_watches_waiting").await as usize) < watches {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (server_cpu, own_cpu) = (cpu_secs(&format!("/proc/{pid}/stat")), cpu_secs("/proc/self/stat"));

@@ -125,8 +125,11 @@ pub struct LimitsConfig {
     pub header_read_timeout_secs: u64,
     /// Time to send a request body.
     pub body_read_timeout_secs: u64,
-    /// Requests in progress per listener, long-polling watches included; 503 above.
+    /// Requests in progress per listener, watches excepted; 503 above.
     pub max_concurrent_requests: usize,
+    /// Watches (the cells' long-polling requests) waiting on the cells' API; 503 above. A
+    /// cell running netagent holds three (policies, security groups, discovery).
+    pub max_watches: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub max_streams_per_connection: u32,
     /// Everything a request may take (watches excepted: they wait as asked), database calls
@@ -144,6 +147,7 @@ impl Default for LimitsConfig {
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 30,
             max_concurrent_requests: 20_000,
+            max_watches: 50_000,
             max_streams_per_connection: 1_000,
             request_timeout_secs: 15,
             health_database_timeout_ms: 2_000,
@@ -152,15 +156,23 @@ impl Default for LimitsConfig {
 }
 
 impl LimitsConfig {
+    /// The limits of the external and metrics listeners, which serve no watches; the cells'
+    /// API takes [`LimitsConfig::cells_listener`].
     pub fn listener(&self) -> crate::listener::Limits {
         crate::listener::Limits {
             max_connections: self.max_connections,
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
             max_streams_per_connection: self.max_streams_per_connection,
             max_concurrent_requests: self.max_concurrent_requests,
+            max_watches: 0,
             body_read_timeout: Duration::from_secs(self.body_read_timeout_secs),
             request_timeout: Duration::from_secs(self.request_timeout_secs),
         }
+    }
+
+    /// The limits of the cells' API.
+    pub fn cells_listener(&self) -> crate::listener::Limits {
+        crate::listener::Limits { max_watches: self.max_watches, ..self.listener() }
     }
 }
 

@@ -38,8 +38,12 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Concurrent HTTP/2 streams (requests) per connection.
     pub max_streams_per_connection: u32,
-    /// Requests in progress on this listener, long-polling watches included; 503 above.
+    /// Requests in progress on this listener, watches excepted; 503 above.
     pub max_concurrent_requests: usize,
+    /// Watches (long-polling requests of the cells' API, see
+    /// [`crate::api::is_watch`]) waiting on this listener; 503 above. 0: this listener
+    /// has none, and a `wait=` parameter makes no request a watch.
+    pub max_watches: usize,
     /// Time to send a request body, from the start of the request.
     pub body_read_timeout: Duration,
     /// Everything a request may take, except a watch (`wait=`), which waits as asked.
@@ -53,6 +57,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             max_streams_per_connection: 1_000,
             max_concurrent_requests: 20_000,
+            max_watches: 0,
             body_read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(15),
         }
@@ -74,6 +79,7 @@ pub async fn serve(
     let acceptor = tls.map(|config| TlsAcceptor::from(Arc::new(config)));
     let guard_state = Arc::new(Guard {
         in_progress: Semaphore::new(limits.max_concurrent_requests),
+        watches: (limits.max_watches > 0).then(|| Semaphore::new(limits.max_watches)),
         body_read_timeout: limits.body_read_timeout,
         request_timeout: limits.request_timeout,
     });
@@ -204,29 +210,36 @@ fn configure(builder: &mut auto::Builder<TokioExecutor>, limits: Limits) {
 /// What [`guard`] enforces around every request of a listener.
 struct Guard {
     in_progress: Semaphore,
+    /// On a listener that serves watches.
+    watches: Option<Semaphore>,
     body_read_timeout: Duration,
     request_timeout: Duration,
 }
 
 /// Around every request, in one layer (each layer costs every parked watch a boxed future):
-/// answers 503 at once when the listener already has `max_concurrent_requests` in progress,
-/// instead of queueing without bound; makes a body that stops arriving fail at
-/// `body_read_timeout` after the request started, so a client cannot hold a handler by
-/// trickling it; and ends a request that takes longer than `request_timeout` (a database
-/// that stopped answering) with a 503, which drops its transaction uncommitted. Watches
-/// (`wait=`) are exempt from the last: they wait as asked.
+/// answers 503 at once when the listener already has `max_concurrent_requests` in progress
+/// (or `max_watches` waiting, for a watch), instead of queueing without bound; makes a body
+/// that stops arriving fail at `body_read_timeout` after the request started, so a client
+/// cannot hold a handler by trickling it; and ends a request that takes longer than
+/// `request_timeout` (a database that stopped answering) with a 503, which drops its
+/// transaction uncommitted. Watches are exempt from the last: they wait as asked. Parked
+/// watches take no request slot, so thousands of waiting cells leave room for the rest.
 async fn guard(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
-    let Ok(_slot) = guard.in_progress.try_acquire() else {
+    let watches = guard.watches.as_ref().filter(|_| crate::api::is_watch(req.uri()));
+    let (slots, what) = match watches {
+        Some(w) => (w, "watches"),
+        None => (&guard.in_progress, "requests in progress"),
+    };
+    let Ok(_slot) = slots.try_acquire() else {
         metrics::counter!("c2c_requests_shed_total").increment(1);
         return crate::api::error::ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "too many requests in progress on this listener; retry shortly",
+            format!("too many {what} on this listener; retry shortly"),
         )
         .into_response();
     };
-    let watch = req.uri().query().is_some_and(|q| q.contains("wait="));
     let req = with_body_deadline(req, guard.body_read_timeout);
-    if watch {
+    if watches.is_some() {
         return next.run(req).await;
     }
     match tokio::time::timeout(guard.request_timeout, next.run(req)).await {

@@ -80,18 +80,17 @@ impl Server {
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
         let router = api::router(state.clone());
-        let limits = config.limits.listener();
-        let serve = |listener, tls, router| {
+        let serve = |listener, tls, router, limits| {
             tokio::spawn(crate::listener::serve(listener, tls, router, limits, stopped.clone(), shutdown_timeout))
         };
-        tasks.push(serve(listener, tls, router));
+        tasks.push(serve(listener, tls, router, config.limits.listener()));
         let scheme = if config.tls.is_some() { "https" } else { "http" };
 
         let mut metrics_addr = None;
         if let Some(m) = config.metrics_listen {
             let listener = bind(m).await?;
             metrics_addr = listener.local_addr().ok();
-            tasks.push(serve(listener, None, api::metrics_router(handle)));
+            tasks.push(serve(listener, None, api::metrics_router(handle), config.limits.listener()));
         }
 
         let mut background = workers;
@@ -108,7 +107,7 @@ impl Server {
             let listener = bind(config.internal.listen).await?;
             internal_addr = listener.local_addr().ok();
             let router = api::internal_router(state.clone());
-            tasks.push(serve(listener, Some(tls), router));
+            tasks.push(serve(listener, Some(tls), router, config.limits.cells_listener()));
             background.push(jobs::spawn_asg_sync(
                 state.store.clone(),
                 state.cc.clone(),

@@ -60,6 +60,18 @@ pub const INTERNAL_ROUTES: &[Route] = &[
     route("InternalHealth", "GET", "/health"),
 ];
 
+/// The cells' API routes whose requests may wait for a change (`wait=`).
+const WATCH_ROUTES: [&str; 3] = ["InternalPolicies", "InternalSecurityGroups", "Registrations"];
+
+/// Whether a request is a watch: a `GET` of a watchable route of the cells' API with a
+/// `wait` parameter. Watches wait as asked, outside the request deadline, and count
+/// against `limits.max_watches` instead of `max_concurrent_requests`.
+pub fn is_watch(uri: &axum::http::Uri) -> bool {
+    let Some(query) = uri.query() else { return false };
+    url::form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "wait")
+        && INTERNAL_ROUTES.iter().any(|r| WATCH_ROUTES.contains(&r.name) && path_matches(r.path, uri.path()))
+}
+
 /// Routes of the metrics listener.
 pub const METRICS_ROUTES: &[Route] = &[route("Metrics", "GET", "/metrics")];
 
@@ -196,7 +208,20 @@ pub fn metrics_router(handle: metrics_exporter_prometheus::PrometheusHandle) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::path_matches;
+    use super::{is_watch, path_matches};
+
+    #[test]
+    fn watches_are_the_cells_api_waits_only() {
+        let watch = |u: &str| is_watch(&u.parse().unwrap());
+        assert!(watch("/networking/v1/internal/policies?id=a&wait=30s"));
+        assert!(watch("/networking/v0/internal/security_groups?wait=1s&space_guids=s"));
+        assert!(watch("/v1/registrations?wait=25s"));
+        assert!(!watch("/networking/v1/internal/policies?id=a"), "no wait");
+        assert!(!watch("/networking/v1/internal/policies?id=await=1"), "not the parameter");
+        assert!(!watch("/networking/v1/external/policies?wait=30s"), "the external API never waits");
+        assert!(!watch("/leases?wait=30s"));
+        assert!(!watch("/networking/v1/internal/policies/x?wait=30s"));
+    }
 
     #[test]
     fn templates_match_one_segment_per_parameter() {

@@ -22,7 +22,7 @@ fn now_ns() -> i64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Versions {
     pub policies: i64,
-    /// Policy writes that recorded their change (see [`super::changes`]).
+    /// Policy writes that recorded their change (see the `changes` module).
     pub logged_writes: i64,
     pub last_updated_ns: i64,
     pub asgs: i64,

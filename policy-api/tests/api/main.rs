@@ -168,29 +168,65 @@ async fn trickled_bodies_time_out() {
     assert!(text.ends_with(r#"{"error": "failed reading request body"}"#), "{text}");
 }
 
-/// Requests in progress beyond `max_concurrent_requests` are answered 503 at once.
+/// Watches beyond `max_watches`, and other requests beyond `max_concurrent_requests`, are
+/// answered 503 at once; parked watches take no request slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_cap_are_shed() {
-    let h = harness::Harness::start_internal(harness::Backend::Sqlite, |c| c.limits.max_concurrent_requests = 3).await;
+    use tokio::io::AsyncWriteExt;
+    let h = harness::Harness::start_internal(harness::Backend::Sqlite, |c| {
+        c.limits.max_concurrent_requests = 3;
+        c.limits.max_watches = 3;
+    })
+    .await;
     let url = format!("{}/networking/v1/internal/policies?id=app-1", h.internal_url());
     let http = h.cell_http(None, true);
     let etag = http.get(&url).send().await.unwrap().headers()["etag"].to_str().unwrap().to_string();
-    let mut watches = Vec::new();
-    for _ in 0..3 {
-        let (http, url, etag) = (http.clone(), format!("{url}&wait=30s"), etag.clone());
-        watches.push(tokio::spawn(async move { http.get(&url).header("If-None-Match", etag).send().await }));
-    }
+    let watch = |http: reqwest::Client| {
+        let (url, etag) = (format!("{url}&wait=30s"), etag.clone());
+        async move { http.get(&url).header("If-None-Match", etag).send().await }
+    };
+    let watches: Vec<_> = (0..3).map(|_| tokio::spawn(watch(http.clone()))).collect();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while internal::watches_waiting() < 3 {
         assert!(std::time::Instant::now() < deadline, "the watches never started waiting");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let shed = http.get(&url).send().await.unwrap();
+    let shed = watch(http.clone()).await.unwrap();
     assert_eq!(shed.status(), 503);
-    assert!(shed.text().await.unwrap().contains("too many requests in progress"));
+    assert!(shed.text().await.unwrap().contains("too many watches"));
+    for _ in 0..5 {
+        assert_eq!(http.get(&url).send().await.unwrap().status(), 200, "3 parked watches hold no request slot");
+    }
     for w in &watches {
         w.abort();
     }
+
+    // Three creates whose bodies never finish hold the external API's three slots.
+    let token = h.cf.uaa.user_token("admin");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(h.server.addr).await.unwrap();
+        let head = format!(
+            "POST /networking/v1/external/policies HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        held.push(s);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let list = format!("{}/networking/v1/external/policies", h.server.url());
+    let plain = reqwest::Client::new();
+    loop {
+        let r = plain.get(&list).bearer_auth(&token).send().await.unwrap();
+        if r.status() == 503 {
+            let body = r.text().await.unwrap();
+            assert!(body.contains("too many requests in progress"), "{body}");
+            break;
+        }
+        // The three requests may not all have reached the server yet.
+        assert!(std::time::Instant::now() < deadline, "the held requests never took their slots");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(held);
 }
 
 /// A database password never shows: not in `ps` (the flag is refused), not in errors.
